@@ -1,0 +1,38 @@
+# The way in. `make setup` once, then `make quantize` (the main job) or any stage.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+WEIGHTS ?= auto
+INPUT_SIZE ?= 299
+NUM_CLASSES ?= 1000
+DEPTH_MULTIPLIER ?= 1.0
+SEED ?= 0
+OUT ?= artifacts
+BUILD_ARGS = --weights $(WEIGHTS) --input-size $(INPUT_SIZE) --num-classes $(NUM_CLASSES) \
+	--depth-multiplier $(DEPTH_MULTIPLIER) --seed $(SEED)
+
+.PHONY: setup test test-fast build quantize clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+build: setup
+	$(PY) -m build $(BUILD_ARGS) --out $(OUT)/float
+
+clean:
+	rm -rf artifacts

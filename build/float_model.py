@@ -1,0 +1,155 @@
+"""Build, save and load the float model with its model card.
+
+A float model folder holds `inception_v3.keras` and `model_card.json`; the card records
+everything later stages need (input size, classes, preprocessing, weights source) and
+the SHA-256 of the model file.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from build import inception_v3 as net
+from build.keras_env import keras, tf
+from build.weights import WeightsInfo, load_weights
+from runtime import preprocessing
+from runtime.fileio import sha256, staged_outputs, write_json
+
+MODEL_FILE = "inception_v3.keras"
+CARD_FILE = "model_card.json"
+
+
+@dataclass
+class BuildConfig:
+    input_size: tuple[int, int] = (299, 299)
+    num_classes: int = 1000
+    depth_multiplier: float = 1.0
+    min_depth: int = 16
+    weights: str = "auto"
+    seed: int = 0
+    create_aux_logits: bool = False
+    labels: list[str] | None = field(default=None, repr=False)
+
+
+def parse_input_size(text: str | int) -> tuple[int, int]:
+    """`299` or `299x320` (height x width)."""
+    parts = str(text).lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"INPUT_SIZE must be N or HxW, got {text!r}") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2:
+        raise ValueError(f"INPUT_SIZE must be N or HxW, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def build(config: BuildConfig) -> tuple[keras.Model, WeightsInfo]:
+    """The slim InceptionV3 with the chosen weights; same config and seed, same model."""
+    model = net.InceptionV3(
+        (*config.input_size, 3), config.num_classes, depth_multiplier=config.depth_multiplier,
+        min_depth=config.min_depth, create_aux_logits=config.create_aux_logits,
+        seed=config.seed)
+    return model, load_weights(model, config.weights)
+
+
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and dense layers)."""
+    total = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            out_h, out_w = layer.output_shape[1:3]
+            kernel = layer.kernel.shape
+            total += out_h * out_w * int(np.prod(kernel))
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return int(total)
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def library_versions() -> dict:
+    import tf_keras
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "tf_keras": tf_keras.__version__, "numpy": np.__version__}
+
+
+def model_card(model: keras.Model, config: BuildConfig, info: WeightsInfo,
+               extra: dict | None = None) -> dict:
+    height, width = config.input_size
+    card = {
+        "architecture": "InceptionV3 (TF-slim nets/inception_v3.py)",
+        "input_size": [height, width],
+        "input_shape": [1, height, width, 3],
+        "num_classes": config.num_classes,
+        "depth_multiplier": config.depth_multiplier,
+        "min_depth": config.min_depth,
+        "create_aux_logits": config.create_aux_logits,
+        "seed": config.seed,
+        "outputs": "logits",
+        "preprocessing": preprocessing.describe(),
+        "weights": asdict(info),
+        "parameters": int(model.count_params()),
+        "multiply_adds": multiply_adds(model),
+        "versions": library_versions(),
+    }
+    if config.labels:
+        card["labels"] = list(config.labels)
+    if info.warning:
+        card["warning"] = info.warning
+    card.update(extra or {})
+    return card
+
+
+def save(model: keras.Model, card: dict, out_dir: str | Path) -> Path:
+    """Write the model and its card into `out_dir`, all or nothing."""
+    with staged_outputs(out_dir) as staging:
+        model.save(staging / MODEL_FILE)
+        card = dict(card, files={MODEL_FILE: sha256(staging / MODEL_FILE)})
+        write_json(staging / CARD_FILE, card)
+    return Path(out_dir)
+
+
+def load(model_dir: str | Path) -> tuple[keras.Model, dict]:
+    """A float model folder written by `save`, its checksum verified."""
+    import json
+    model_dir = Path(model_dir)
+    card_path, model_path = model_dir / CARD_FILE, model_dir / MODEL_FILE
+    if not card_path.is_file() or not model_path.is_file():
+        raise FileNotFoundError(f"No float model in {model_dir} (expected {MODEL_FILE} and "
+                                f"{CARD_FILE}); run `make build OUT={model_dir}` first.")
+    card = json.loads(card_path.read_text())
+    expected = card.get("files", {}).get(MODEL_FILE)
+    if expected and sha256(model_path) != expected:
+        raise ValueError(f"{model_path} does not match the SHA-256 in its model card: the "
+                         "file changed after it was built; rebuild it.")
+    model = keras.models.load_model(model_path, compile=False)
+    return model, card
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The deployment graph: the logits output only (no aux head; dropout is inert)."""
+    if isinstance(model.output, list):
+        return keras.Model(model.inputs, model.outputs[0], name=model.name)
+    return model
+
+
+def pixel_input_model(model: keras.Model) -> keras.Model:
+    """`model` with the normalisation folded in front: it takes raw 0..255 pixels.
+
+    Quantized with uint8 input, the input scale is then exactly 1 and the zero point 0,
+    so a device feeds resized camera pixels as they are.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(inputs)
+    return keras.Model(inputs, logits_model(model)(scaled), name=f"{model.name}_pixels")

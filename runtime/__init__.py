@@ -1,0 +1,1 @@
+"""Device runtime: numpy, Pillow and a TFLite interpreter; never TensorFlow."""
