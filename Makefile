@@ -15,6 +15,16 @@ OUT ?= artifacts
 BUILD_ARGS = --weights $(WEIGHTS) --input-size $(INPUT_SIZE) --num-classes $(NUM_CLASSES) \
 	--depth-multiplier $(DEPTH_MULTIPLIER) --seed $(SEED)
 
+VARIANTS ?=
+CALIB ?= calibration_data
+CALIB_SAMPLES ?= 200
+EVAL ?=
+MAX_TOP1_DROP ?=
+MODEL ?=
+QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALIB_SAMPLES) \
+	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
+	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
+
 .PHONY: setup test test-fast build quantize clean
 
 setup: $(VENV)/.installed
@@ -33,6 +43,9 @@ test-fast: setup
 
 build: setup
 	$(PY) -m build $(BUILD_ARGS) --out $(OUT)/float
+
+quantize: setup
+	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT)
 
 clean:
 	rm -rf artifacts

@@ -34,6 +34,14 @@ class BuildConfig:
     labels: list[str] | None = field(default=None, repr=False)
 
 
+def build_args(config: BuildConfig) -> dict:
+    """What `make build` was asked for: a float model is reused only if these match."""
+    return {"weights": config.weights, "input_size": list(config.input_size),
+            "num_classes": config.num_classes, "depth_multiplier": config.depth_multiplier,
+            "min_depth": config.min_depth, "seed": config.seed,
+            "create_aux_logits": config.create_aux_logits}
+
+
 def parse_input_size(text: str | int) -> tuple[int, int]:
     """`299` or `299x320` (height x width)."""
     parts = str(text).lower().split("x")
@@ -102,6 +110,7 @@ def model_card(model: keras.Model, config: BuildConfig, info: WeightsInfo,
         "parameters": int(model.count_params()),
         "multiply_adds": multiply_adds(model),
         "versions": library_versions(),
+        "build": build_args(config),
     }
     if config.labels:
         card["labels"] = list(config.labels)

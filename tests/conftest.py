@@ -32,3 +32,29 @@ def keras_reference_299():
                                rng.normal(0, 0.1, mean.shape).astype("float32"),
                                rng.uniform(0.5, 1.5, var.shape).astype("float32")])
     return model
+
+
+CALIBRATION_DIR = ROOT / "calibration_data"
+
+
+@pytest.fixture(scope="session")
+def tiny_float_dir(tmp_path_factory):
+    """A small float model folder (75x75, depth multiplier 0.25, random weights)."""
+    from build import float_model
+    config = float_model.BuildConfig(input_size=(75, 75), num_classes=1000,
+                                     depth_multiplier=0.25, weights="random", seed=1)
+    model, info = float_model.build(config)
+    out = tmp_path_factory.mktemp("tiny") / "float"
+    float_model.save(model, float_model.model_card(model, config, info), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_float_dir, tmp_path_factory):
+    """Every variant of the tiny model, calibrated on the shipped photos."""
+    from quantize import pipeline, variants
+    out = tmp_path_factory.mktemp("tiny_run")
+    config = pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=out,
+                                     variants=list(variants.VARIANTS),
+                                     calibration_dir=CALIBRATION_DIR)
+    return out, pipeline.run(config)

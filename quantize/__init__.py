@@ -1,0 +1,1 @@
+"""Quantize stage: TFLite variants of the float model, calibration, drift and Edge TPU checks."""

@@ -1,0 +1,94 @@
+"""`python -m quantize`: TFLite variants of the float model with a drift report.
+
+Builds the float model first (as `make build` would) when it is missing or was built
+with other settings, unless --model names a float model folder to use as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from build.keras_env import keras  # noqa: F401  (picks Keras 2 before TensorFlow loads)
+from build import float_model
+from build.weights import WEIGHT_CHOICES, WeightsError
+from quantize import pipeline, report, variants
+from quantize.images import DataError
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m quantize", description=__doc__)
+    p.add_argument("--out", default="artifacts", help="folder for every output of the run")
+    p.add_argument("--model", help="float model folder to quantize as it is")
+    p.add_argument("--variants", default="", help=f"subset of {', '.join(variants.VARIANTS)}")
+    p.add_argument("--calib", default=str(pipeline.DEFAULT_CALIBRATION))
+    p.add_argument("--calib-samples", type=int, default=200)
+    p.add_argument("--held-out-samples", type=int, default=100)
+    p.add_argument("--eval", help="labelled folder (one sub-folder per class)")
+    p.add_argument("--eval-samples", type=int)
+    p.add_argument("--max-top1-drop", type=float, help="points of top-1 a variant may lose")
+    p.add_argument("--no-layer-errors", action="store_true")
+    p.add_argument("--threads", type=int)
+    b = p.add_argument_group("float model (as make build)")
+    b.add_argument("--weights", default="auto", help=WEIGHT_CHOICES)
+    b.add_argument("--input-size", default="299")
+    b.add_argument("--num-classes", type=int, default=1000)
+    b.add_argument("--depth-multiplier", type=float, default=1.0)
+    b.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def ensure_float_model(args) -> Path:
+    if args.model:
+        return Path(args.model)
+    float_dir = Path(args.out) / "float"
+    config = float_model.BuildConfig(
+        input_size=float_model.parse_input_size(args.input_size),
+        num_classes=args.num_classes, depth_multiplier=args.depth_multiplier,
+        weights=args.weights, seed=args.seed)
+    card_path = float_dir / float_model.CARD_FILE
+    if card_path.is_file():
+        built = json.loads(card_path.read_text()).get("build")
+        if built == float_model.build_args(config):
+            return float_dir
+        print(f"{float_dir} was built with other settings; rebuilding it.", flush=True)
+    print(f"Building the float model into {float_dir}", flush=True)
+    model, info = float_model.build(config)
+    float_model.save(model, float_model.model_card(model, config, info), float_dir)
+    return float_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = pipeline.QuantizeConfig(
+            float_dir=ensure_float_model(args), out=Path(args.out),
+            variants=variants.parse_variants(args.variants),
+            calibration_dir=Path(args.calib), calibration_samples=args.calib_samples,
+            held_out_samples=args.held_out_samples,
+            eval_dir=Path(args.eval) if args.eval else None, eval_samples=args.eval_samples,
+            max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
+            num_threads=args.threads)
+        if config.max_top1_drop is not None and config.eval_dir is None:
+            raise ValueError("MAX_TOP1_DROP needs EVAL=<labelled folder> to measure accuracy.")
+        result = pipeline.run(config)
+    except (ValueError, DataError, WeightsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    for warning in result["warnings"]:
+        print(warning)
+    print(report.table(result))
+    print(f"\nWrote {len(result['variants'])} models, report.md, report.json and "
+          f"manifest.json to {config.out}")
+    failed = result["gate"]["failed"]
+    if failed:
+        print(f"error: over the top-1 budget of {config.max_top1_drop} points: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

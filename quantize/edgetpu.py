@@ -1,0 +1,167 @@
+"""Edge TPU readiness: which ops the Edge TPU compiler can map, and the compiler itself.
+
+The rules are Coral's documented requirements ("TensorFlow models on the Edge TPU"):
+8-bit quantized tensors, sizes fixed at compile time, at most 3 dimensions larger than 1
+(the innermost), and only the listed operations, each with its own limits. The compiler
+maps ops in order until the first one it cannot, and everything after that runs on the
+CPU, so one unsupported op early in the graph costs most of the speed.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tensorflow.lite.python import schema_py_generated as schema
+
+# Coral's supported operations, by TFLite builtin name.
+SUPPORTED_OPS = {
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
+    "FULLY_CONNECTED", "L2_NORMALIZATION", "LOGISTIC", "LSTM", "MAXIMUM", "MAX_POOL_2D",
+    "MEAN", "MINIMUM", "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN",
+    "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE", "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE", "SOFTMAX", "SPACE_TO_DEPTH", "SPLIT",
+    "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TANH", "TRANSPOSE",
+    "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM",
+}
+NO_FUSED_ACTIVATION = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION"}
+SOFTMAX_MAX_ELEMENTS = 16000
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items()
+               if not k.startswith("_")}
+EIGHT_BIT = {"int8", "uint8"}
+
+
+@dataclass
+class Tensor:
+    name: str
+    dtype: str
+    shape: list[int]
+    constant: bool
+    dynamic: bool
+
+
+@dataclass
+class Op:
+    index: int
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    fused_activation: str | None = None
+    dilation: tuple[int, int] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def mapped(self) -> bool:
+        return not self.problems
+
+
+def read_ops(model: bytes) -> list[Op]:
+    """The main subgraph's ops in execution order, with their tensors and options."""
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    graph = m.subgraphs[0]
+
+    def tensor(i: int) -> Tensor:
+        t = graph.tensors[i]
+        buffer = m.buffers[t.buffer] if t.buffer < len(m.buffers) else None
+        constant = bool(buffer is not None and buffer.data is not None and len(buffer.data)) \
+            or bool(buffer is not None and getattr(buffer, "size", 0))
+        signature = list(t.shapeSignature) if t.shapeSignature is not None else []
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        return Tensor(name, _TYPE_NAMES.get(t.type, str(t.type)),
+                      [int(d) for d in (t.shape if t.shape is not None else [])], constant,
+                      any(d < 0 for d in signature))
+
+    ops = []
+    for index, op in enumerate(graph.operators):
+        code = m.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            name = f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
+        options = op.builtinOptions
+        fused = getattr(options, "fusedActivationFunction", None)
+        fused_name = None
+        if fused:
+            fused_name = {v: k for k, v in vars(schema.ActivationFunctionType).items()
+                          if not k.startswith("_")}.get(fused, str(fused))
+        dilation = None
+        if hasattr(options, "dilationHFactor"):
+            dilation = (options.dilationHFactor, options.dilationWFactor)
+        ops.append(Op(index, name, [tensor(i) for i in op.inputs if i >= 0],
+                      [tensor(i) for i in op.outputs], fused_name, dilation))
+    return ops
+
+
+def check_op(op: Op) -> list[str]:
+    """Why the Edge TPU compiler would not map `op` (empty when it would)."""
+    problems = []
+    if op.name not in SUPPORTED_OPS:
+        problems.append(f"{op.name} is not an Edge TPU operation")
+    for t in (t for t in op.inputs + op.outputs if not t.constant):  # weights may be 4-D
+        if t.dtype not in EIGHT_BIT:
+            problems.append(f"tensor {t.name} is {t.dtype}, not 8-bit")
+        if t.dynamic:
+            problems.append(f"tensor {t.name} has a dynamic size")
+        if len(t.shape) > 3 and any(d > 1 for d in t.shape[:-3]):
+            problems.append(f"tensor {t.name} {t.shape} has more than 3 dimensions above 1 "
+                            "(batch must be 1)")
+    if op.name in NO_FUSED_ACTIVATION and op.fused_activation not in (None, "NONE"):
+        problems.append(f"{op.name} with a fused {op.fused_activation}")
+    if op.name == "CONV_2D" and op.dilation and op.dilation[0] != op.dilation[1]:
+        problems.append(f"CONV_2D dilation {op.dilation} differs in x and y")
+    if op.name == "SOFTMAX":
+        shape = op.inputs[0].shape
+        if sum(d > 1 for d in shape) > 1 or max(shape, default=0) > SOFTMAX_MAX_ELEMENTS:
+            problems.append(f"SOFTMAX on {shape}: only 1-D up to {SOFTMAX_MAX_ELEMENTS}")
+    if op.name == "CONCATENATION":
+        constants = [t for t in op.inputs if t.constant]
+        if constants and len(op.inputs) > 2:
+            problems.append("CONCATENATION of a constant with more than one other input")
+    return problems
+
+
+def readiness(model: bytes) -> dict:
+    """Per-op mapping verdicts and whether the whole graph is one Edge TPU subgraph."""
+    ops = read_ops(model)
+    for op in ops:
+        op.problems = check_op(op)
+    first_bad = next((op for op in ops if not op.mapped), None)
+    counts: dict[str, dict[str, int]] = {}
+    for op in ops:
+        entry = counts.setdefault(op.name, {"count": 0, "mappable": 0})
+        entry["count"] += 1
+        entry["mappable"] += op.mapped
+    return {
+        "single_subgraph": first_bad is None,
+        "ops": len(ops),
+        "ops_on_edgetpu": len(ops) if first_bad is None else first_bad.index,
+        "first_unmapped": None if first_bad is None else
+        {"index": first_bad.index, "op": first_bad.name, "why": first_bad.problems},
+        "op_counts": counts,
+        "problems": [{"index": op.index, "op": op.name, "why": op.problems}
+                     for op in ops if not op.mapped],
+    }
+
+
+def compile_model(model_path: Path, out_dir: Path) -> dict:
+    """Run edgetpu_compiler when installed; keep its log and the `_edgetpu.tflite`."""
+    compiler = shutil.which("edgetpu_compiler")
+    if compiler is None:
+        return {"compiled": False, "note": "edgetpu_compiler is not on the PATH (Coral's "
+                "Debian package edgetpu-compiler, x86-64 Linux only); readiness comes from "
+                "the op rules alone."}
+    result = subprocess.run([compiler, "-s", "-o", str(out_dir), str(model_path)],
+                            capture_output=True, text=True)
+    log = out_dir / f"{model_path.stem}_edgetpu_compiler.txt"
+    log.write_text(result.stdout + result.stderr)
+    compiled = out_dir / f"{model_path.stem}_edgetpu.tflite"
+    return {"compiled": result.returncode == 0 and compiled.is_file(),
+            "returncode": result.returncode, "log": log.name,
+            "model": compiled.name if compiled.is_file() else None}
+
+
+def ops_as_dicts(model: bytes) -> list[dict]:
+    return [asdict(op) for op in read_ops(model)]

@@ -1,0 +1,168 @@
+"""Image folders for calibration and evaluation, read with the device's preprocessing.
+
+Unreadable or unusable files are skipped and counted, never fatal; a folder with no usable
+image is a `DataError`. Labelled folders have one sub-folder per class.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime import preprocessing
+from runtime.fileio import sha256
+
+MIN_SIDE = 16  # smaller images carry no usable statistics (a 1x1 image is one colour)
+
+
+class DataError(ValueError):
+    """No usable data; the message says what was found and what to do."""
+
+
+@dataclass
+class ImageSet:
+    """Images resized for the model (uint8 pixels), with what was skipped and why."""
+    paths: list[str]
+    pixels: np.ndarray
+    skipped: dict[str, str] = field(default_factory=dict)
+    labels: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: Sequence[int]) -> "ImageSet":
+        labels = None if self.labels is None else [self.labels[i] for i in index]
+        return ImageSet([self.paths[i] for i in index], self.pixels[list(index)], {}, labels)
+
+    def digest(self) -> str:
+        """SHA-256 over the files' names and contents: identifies the set in manifests."""
+        h = hashlib.sha256()
+        for path in self.paths:
+            h.update(f"{os.path.basename(path)}:{sha256(path)}\n".encode())
+        return h.hexdigest()
+
+
+def read_pixels(path: str, size: tuple[int, int]) -> np.ndarray:
+    """One image's pixels, or ImageError with the reason it cannot be used."""
+    try:
+        with preprocessing.Image.open(path) as probe:
+            width, height = probe.size
+    except (OSError, SyntaxError, ValueError, preprocessing.Image.DecompressionBombError) as error:
+        raise preprocessing.ImageError(f"not a readable image ({error})") from None
+    if min(width, height) < MIN_SIDE:
+        raise preprocessing.ImageError(f"{width}x{height} is smaller than "
+                                       f"{MIN_SIDE}x{MIN_SIDE}")
+    return preprocessing.resize_pixels(path, size)
+
+
+def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | None = None,
+                what: str = "calibration", labels_of=None) -> ImageSet:
+    """Read up to `limit` usable images under `folder` (sorted, recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"The {what} folder {folder} does not exist; give a folder of images.")
+    candidates = preprocessing.list_images(folder)
+    if not candidates:
+        raise DataError(f"The {what} folder {folder} holds no image files (.jpg, .png, ...); "
+                        "add a few hundred photos from the deployment domain.")
+    paths, pixels, skipped, labels = [], [], {}, []
+    for path in tqdm(candidates, desc=f"Reading {what} images", unit="img", file=sys.stderr,
+                     disable=len(candidates) < 50):
+        if limit is not None and len(paths) >= limit:
+            break
+        label = labels_of(path) if labels_of is not None else None
+        if labels_of is not None and label is None:
+            skipped[path] = "not in a class sub-folder"
+            continue
+        try:
+            pixels.append(read_pixels(path, size))
+        except (preprocessing.ImageError, OSError, ValueError, SyntaxError) as error:
+            skipped[path] = str(error).replace(f"{path}: ", "")
+            continue
+        paths.append(path)
+        labels.append(label)
+    if not paths:
+        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in list(skipped.items())[:3])
+        raise DataError(f"No usable image in the {what} folder {folder}: all "
+                        f"{len(skipped)} file(s) were skipped ({reasons}).")
+    return ImageSet(paths, np.stack(pixels), skipped, labels if labels_of else None)
+
+
+def split(images: ImageSet, calibration_samples: int, held_out_samples: int = 100,
+          seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Calibration images and held-out images (never the same), by a seeded shuffle.
+
+    Half the images, up to `held_out_samples`, are held out to measure drift; the rest,
+    up to `calibration_samples`, calibrate.
+    """
+    if len(images) < 2:
+        raise DataError(f"Only {len(images)} usable image: calibration and the held-out "
+                        "drift check need at least 2 (give a folder with more photos).")
+    order = np.random.default_rng(seed).permutation(len(images))
+    held_out = min(max(1, len(images) // 2), held_out_samples)
+    n_calibration = min(calibration_samples, len(images) - held_out)
+    return (images.subset(order[:n_calibration]),
+            images.subset(order[len(images) - held_out:]))
+
+
+def folder_classes(folder: str | os.PathLike, class_names: Sequence[str] | None,
+                   num_classes: int) -> dict[str, int]:
+    """Sub-folder name to the model's class index.
+
+    Uses, in order: a `classes.tsv` (wnid, imagenet_index) beside or inside the folder
+    (+1 for 1001-class models with a background class); the model's own labels (from
+    `make train`); otherwise it fails with what to add.
+    """
+    folder = Path(folder)
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not names:
+        raise DataError(f"{folder} has no class sub-folders; a labelled folder holds one "
+                        "sub-folder of images per class.")
+    for tsv in (folder / "classes.tsv", folder.parent / "classes.tsv"):
+        if tsv.is_file():
+            with open(tsv) as f:
+                rows = {r["wnid"]: int(r["imagenet_index"])
+                        for r in csv.DictReader(f, delimiter="\t")}
+            offset = 1 if num_classes == 1001 else 0
+            missing = [n for n in names if n not in rows]
+            if not missing:
+                return {n: rows[n] + offset for n in names}
+    if class_names:
+        missing = [n for n in names if n not in class_names]
+        if not missing:
+            return {n: list(class_names).index(n) for n in names}
+    raise DataError(f"Cannot map the sub-folders of {folder} ({', '.join(names[:3])}, ...) to "
+                    "the model's classes: add a classes.tsv (wnid<TAB>imagenet_index) or use "
+                    "a model trained on these folders (make train).")
+
+
+def load_labelled(folder: str | os.PathLike, size: tuple[int, int],
+                  class_names: Sequence[str] | None, num_classes: int,
+                  limit: int | None = None) -> ImageSet:
+    mapping = folder_classes(folder, class_names, num_classes)
+    root = Path(folder)
+    return load_folder(folder, size, limit, what="evaluation",
+                       labels_of=lambda p: mapping.get(Path(p).relative_to(root).parts[0]))
+
+
+def stream_labelled(folder: str | os.PathLike, size: tuple[int, int],
+                    class_names: Sequence[str] | None, num_classes: int
+                    ) -> Iterator[tuple[str, np.ndarray | None, int, str | None]]:
+    """(path, pixels or None, label, skip reason) one image at a time: memory stays flat."""
+    mapping = folder_classes(folder, class_names, num_classes)
+    root = Path(folder)
+    for path in preprocessing.list_images(folder):
+        label = mapping.get(Path(path).relative_to(root).parts[0])
+        if label is None:
+            continue
+        try:
+            yield path, read_pixels(path, size), label, None
+        except (preprocessing.ImageError, OSError, ValueError, SyntaxError) as error:
+            yield path, None, label, str(error)

@@ -1,0 +1,99 @@
+"""The TFLite variants: one table, one converter function.
+
+Every variant is converted from a batch-1 concrete function, so shapes are static (the
+Edge TPU compiler needs that) and outputs are logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from build.float_model import logits_model, pixel_input_model
+from build.keras_env import keras, tf
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    calibrated: bool = False        # needs representative images
+    full_integer: bool = False      # every op integer: an Edge TPU candidate
+    pixel_input: bool = False       # takes raw 0..255 pixels (normalisation inside)
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("float32", "float reference, no quantization"),
+    Variant("float16", "float16 weights, float compute"),
+    Variant("dynamic", "int8 weights, float activations (dynamic range)"),
+    Variant("int8", "full integer, per-channel int8 weights, int8 input and output",
+            calibrated=True, full_integer=True),
+    Variant("uint8", "full integer, uint8 input (raw pixels) and output: Edge TPU style",
+            calibrated=True, full_integer=True, pixel_input=True),
+    Variant("int16x8", "16-bit activations, 8-bit weights, float input and output",
+            calibrated=True),
+)}
+
+
+def parse_variants(text: str | None) -> list[str]:
+    """`VARIANTS=int8,uint8` (commas or spaces); empty means all."""
+    names = [n for n in (text or "").replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"Unknown variant(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(VARIANTS)}.")
+    return names or list(VARIANTS)
+
+
+def graph_for(model: keras.Model, variant: Variant) -> keras.Model:
+    """The Keras graph a variant converts: logits only, pixel input where the variant wants."""
+    return pixel_input_model(model) if variant.pixel_input else logits_model(model)
+
+
+def make_converter(graph: keras.Model, variant: Variant,
+                   representative: Callable[[], Iterable[list[np.ndarray]]] | None = None
+                   ) -> tf.lite.TFLiteConverter:
+    # A bare tf.Module carries the function and variables: handing the converter the Keras
+    # model instead makes it re-trace every layer while saving it (5x slower, same bytes).
+    spec = tf.TensorSpec([1, *graph.input_shape[1:]], tf.float32)
+    module = tf.Module()
+    module.variables_ = list(graph.variables)
+    module.serve = tf.function(lambda x: graph(x, training=False), input_signature=[spec])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
+    if variant.name == "float32":
+        return converter
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant.name == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+        return converter
+    if variant.name == "dynamic":
+        return converter
+    if representative is None:
+        raise ValueError(f"The {variant.name} variant needs calibration images.")
+    converter.representative_dataset = representative
+    if variant.name == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        return converter
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    io_type = tf.uint8 if variant.pixel_input else tf.int8
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
+    return converter
+
+
+def convert(model: keras.Model, variant: Variant,
+            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None) -> bytes:
+    return make_converter(graph_for(model, variant), variant, representative).convert()
+
+
+def representative_dataset(pixels: np.ndarray, variant: Variant, normalize
+                           ) -> Callable[[], Iterable[list[np.ndarray]]]:
+    """Calibration samples, one batch-1 array each, in the variant graph's input domain."""
+    def samples():
+        for image in pixels:
+            x = image.astype(np.float32) if variant.pixel_input else normalize(image)
+            yield [x[np.newaxis]]
+    return samples

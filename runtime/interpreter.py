@@ -1,0 +1,112 @@
+"""Find a TFLite interpreter and load models and the Edge TPU delegate, with clear errors.
+
+`ai-edge-litert` is preferred; `tflite-runtime` serves 32-bit Raspberry Pi OS and older
+Pythons. Never TensorFlow: the device does not have it.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import os
+import platform
+from pathlib import Path
+
+# The Edge TPU runtime library per platform, as pycoral names it.
+EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib",
+                   "Windows": "edgetpu.dll"}
+TFLITE_MAGIC = b"TFL3"
+
+
+class RuntimeLoadError(RuntimeError):
+    """A model, interpreter or delegate could not be loaded; the message says what to do."""
+
+
+def interpreter_module():
+    """The interpreter package in use: ai_edge_litert, else tflite_runtime."""
+    try:
+        from ai_edge_litert import interpreter
+        return interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter
+        return interpreter
+    except ImportError:
+        raise RuntimeLoadError(
+            "No TFLite interpreter: pip install ai-edge-litert (64-bit OS, Python 3.9+), "
+            "or tflite-runtime with numpy<2 on 32-bit Raspberry Pi OS.") from None
+
+
+def interpreter_name() -> str:
+    module = interpreter_module()
+    return module.__name__.split(".")[0]
+
+
+def check_model_file(model_path: str | os.PathLike) -> Path:
+    """A missing, empty, truncated or non-TFLite file is caught before the interpreter."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise RuntimeLoadError(f"No model file at {path}.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != TFLITE_MAGIC:
+        raise RuntimeLoadError(f"{path} is not a TFLite model (no TFL3 identifier); give a "
+                               ".tflite file.")
+    return path
+
+
+def load_edgetpu_delegate(device: str | None = None):
+    """The Edge TPU delegate (`device`: None for any, or usb, usb:N, pci, pci:N)."""
+    library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+    options = {"device": device} if device else {}
+    try:
+        return interpreter_module().load_delegate(library, options)
+    except (ValueError, OSError) as error:
+        found = ctypes.util.find_library("edgetpu")
+        hint = (f"{library} is installed but no Edge TPU {device or ''} answered: plug the "
+                "accelerator in (USB 3 port) or check the device name"
+                if found else f"{library} is not installed: install the Edge TPU runtime "
+                "(Debian package libedgetpu1-std) from Coral's package repository")
+        raise RuntimeLoadError(f"Cannot load the Edge TPU delegate ({error}); {hint}.") \
+            from None
+
+
+def is_edgetpu_model(model_path: str | os.PathLike) -> bool:
+    """Models compiled by edgetpu_compiler hold a custom op named edgetpu-custom-op."""
+    return b"edgetpu-custom-op" in Path(model_path).read_bytes()
+
+
+def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None,
+                     edgetpu: bool | None = None, device: str | None = None,
+                     reference_kernels: bool = False):
+    """An allocated interpreter for `model_path`.
+
+    `edgetpu=None` loads the delegate only for a model compiled for the Edge TPU.
+    `reference_kernels` selects the slow reference kernels (bit-exact across CPUs).
+    """
+    path = check_model_file(model_path)
+    module = interpreter_module()
+    compiled = is_edgetpu_model(path)
+    use_tpu = compiled if edgetpu is None else edgetpu
+    delegates = [load_edgetpu_delegate(device)] if use_tpu else []
+    kwargs = {"model_path": str(path), "num_threads": num_threads,
+              "experimental_delegates": delegates or None}
+    if reference_kernels:
+        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
+    try:
+        interpreter = module.Interpreter(**kwargs)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        text = str(error)
+        if compiled and not use_tpu or "edgetpu-custom-op" in text:
+            raise RuntimeLoadError(
+                f"{path.name} is compiled for the Edge TPU and needs its delegate; run with "
+                "--edgetpu on a machine with a Coral device, or use the uncompiled model.") \
+                from None
+        if "Didn't find op for builtin opcode" in text or "version" in text.lower():
+            raise RuntimeLoadError(
+                f"{interpreter_name()} cannot run {path.name}: it uses an op version newer "
+                "than this interpreter knows; install ai-edge-litert (pip install "
+                "ai-edge-litert), or convert with an older TensorFlow.") from None
+        raise RuntimeLoadError(f"Cannot load {path}: {text.strip().splitlines()[-1]}") \
+            from None
+    return interpreter
