@@ -85,7 +85,7 @@ def run(config: QuantizeConfig) -> dict:
             classifier = Classifier(path, num_threads=threads)
             entry = {"file": path.name, "description": variant.description,
                      "bytes": len(tflite), "conversion": cost,
-                     "io": classifier.describe() | {"model": path.name},
+                     "io": _io(classifier),
                      "drift": drift.compare(reference, drift.tflite_logits(
                          classifier, held_out.pixels, f"[{name}] held-out drift"))}
             entry["drift"]["flipped"] = [Path(held_out.paths[i]).name
@@ -141,6 +141,12 @@ def run(config: QuantizeConfig) -> dict:
         (stage / "report.md").write_text(report.markdown(full_report))
         write_json(stage / "manifest.json", manifest)
     return full_report
+
+
+def _io(classifier: Classifier) -> dict:
+    """Input/output types and quantization: what the model says about itself."""
+    described = classifier.describe()
+    return {k: v for k, v in described.items() if k not in ("model", "threads")}
 
 
 def _weight_warnings(card: dict) -> list[str]:

@@ -17,7 +17,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from runtime import preprocessing
-from runtime.interpreter import RuntimeLoadError, make_interpreter
+from runtime import manifest
+from runtime.interpreter import RuntimeLoadError, check_model_file, make_interpreter
 
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
 _INTEGER_TYPES = (np.uint8, np.int8, np.int16)
@@ -73,8 +74,11 @@ class Classifier:
     def __init__(self, model_path: str | os.PathLike, labels: str | os.PathLike | None = None,
                  num_threads: int | None = None, edgetpu: bool | None = None,
                  device: str | None = None, reference_kernels: bool = False):
-        self.model_path = Path(model_path)
-        self.interpreter = make_interpreter(model_path, num_threads=num_threads,
+        self.model_path = check_model_file(model_path)
+        self.verified = manifest.verify(self.model_path)
+        # The interpreter's own default is one thread: use every core unless told otherwise.
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self.interpreter = make_interpreter(model_path, num_threads=self.num_threads,
                                             edgetpu=edgetpu, device=device,
                                             reference_kernels=reference_kernels)
         inputs = self.interpreter.get_input_details()
@@ -145,7 +149,8 @@ class Classifier:
     def describe(self) -> dict:
         def q(quant):
             return None if quant is None else [quant.scale, quant.zero_point]
-        return {"model": str(self.model_path), "input_size": list(self.size),
+        return {"model": str(self.model_path), "threads": self.num_threads,
+                "input_size": list(self.size),
                 "input_dtype": self.input_dtype.name, "input_quantization":
                 q(self.input_quantization), "feeds_raw_pixels": self.feeds_pixels,
                 "output_dtype": self.output_dtype.name,

@@ -5,7 +5,7 @@ Pythons. Never TensorFlow: the device does not have it.
 """
 from __future__ import annotations
 
-import ctypes.util
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -57,17 +57,21 @@ def check_model_file(model_path: str | os.PathLike) -> Path:
 def load_edgetpu_delegate(device: str | None = None):
     """The Edge TPU delegate (`device`: None for any, or usb, usb:N, pci, pci:N)."""
     library = EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
+    try:  # checked first: a failed load_delegate also prints a traceback when collected
+        ctypes.CDLL(library)
+    except OSError:
+        raise RuntimeLoadError(
+            f"Cannot load the Edge TPU delegate: {library} is not installed; install the Edge "
+            "TPU runtime (Debian package libedgetpu1-std from Coral's package repository), "
+            "or run the model without --edgetpu.") from None
     options = {"device": device} if device else {}
     try:
         return interpreter_module().load_delegate(library, options)
     except (ValueError, OSError) as error:
-        found = ctypes.util.find_library("edgetpu")
-        hint = (f"{library} is installed but no Edge TPU {device or ''} answered: plug the "
-                "accelerator in (USB 3 port) or check the device name"
-                if found else f"{library} is not installed: install the Edge TPU runtime "
-                "(Debian package libedgetpu1-std) from Coral's package repository")
-        raise RuntimeLoadError(f"Cannot load the Edge TPU delegate ({error}); {hint}.") \
-            from None
+        raise RuntimeLoadError(
+            f"Cannot load the Edge TPU delegate ({error}): {library} is installed but no Edge "
+            f"TPU{' ' + device if device else ''} answered; plug the accelerator in (a USB 3 "
+            "port) or check the device name (usb, usb:0, pci, pci:0).") from None
 
 
 def is_edgetpu_model(model_path: str | os.PathLike) -> bool:
