@@ -25,7 +25,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
-.PHONY: setup test test-fast build quantize clean
+.PHONY: setup test test-fast build quantize test-arm clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,22 @@ build: setup
 
 quantize: setup
 	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT)
+
+# ARM, proven: the runtime on aarch64 under qemu user mode against x86, same models.
+ARM_OUT := artifacts/arm
+ARM_IMAGES := calibration_data/skimage_coffee.jpg calibration_data/skimage_chelsea.jpg \
+	calibration_data/sklearn_china.jpg
+test-arm: setup
+	$(PY) -m quantize --weights random --input-size 96 --depth-multiplier 0.5 --seed 0 \
+		--variants int8,uint8 --no-layer-errors --out $(ARM_OUT)/models > $(ARM_OUT).log
+	bash tests/arm/setup_root.sh
+	$(PY) tests/arm/parity.py run --out $(ARM_OUT)/x86.npz \
+		--models $(ARM_OUT)/models/inception_v3_int8.tflite $(ARM_OUT)/models/inception_v3_uint8.tflite \
+		--images $(ARM_IMAGES)
+	bash tests/arm/run_arm.sh tests/arm/parity.py run --out $(ARM_OUT)/arm.npz \
+		--models $(ARM_OUT)/models/inception_v3_int8.tflite $(ARM_OUT)/models/inception_v3_uint8.tflite \
+		--images $(ARM_IMAGES)
+	$(PY) tests/arm/parity.py compare $(ARM_OUT)/x86.npz $(ARM_OUT)/arm.npz
 
 clean:
 	rm -rf artifacts

@@ -1,0 +1,78 @@
+"""ARM vs x86 parity of the device runtime on the project's int8 and uint8 models.
+
+`run` (on either architecture) classifies photos with the reference kernels and with the
+default (XNNPACK) kernels and saves the raw outputs; `compare` checks that the reference
+kernels agree bit for bit and reports the largest difference and top-1 agreement of the
+default kernels, which are not bit-identical across CPUs.
+Only the runtime's dependencies are imported: this runs inside the aarch64 root.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
+from runtime import preprocessing  # noqa: E402
+from runtime.classify import Classifier  # noqa: E402
+
+
+def run(models: list[str], images: list[str], out: str) -> None:
+    arrays = {}
+    for model in models:
+        for kernels in ("reference", "default"):
+            clf = Classifier(model, num_threads=1, reference_kernels=kernels == "reference")
+            start = time.perf_counter()
+            raw = []
+            for image in images:
+                tensor = clf.input_tensor(preprocessing.resize_pixels(image, clf.size))
+                clf.interpreter.set_tensor(clf._input["index"], tensor)
+                clf.interpreter.invoke()
+                raw.append(clf.interpreter.get_tensor(clf._output["index"]).reshape(-1))
+            seconds = (time.perf_counter() - start) / len(images)
+            arrays[f"{Path(model).stem}:{kernels}"] = np.stack(raw)
+            print(f"{platform.machine()}: {Path(model).name} {kernels} kernels "
+                  f"{seconds:.2f} s/image", flush=True)
+    np.savez(out, **arrays)
+
+
+def compare(x86: str, arm: str) -> int:
+    a, b = np.load(x86), np.load(arm)
+    failed = False
+    for key in sorted(a.files):
+        left, right = a[key].astype(np.int64), b[key].astype(np.int64)
+        identical = np.array_equal(left, right)
+        top1 = float(np.mean(np.argmax(left, 1) == np.argmax(right, 1)))
+        diff = int(np.max(np.abs(left - right)))
+        print(f"{key:40s} bit-identical: {str(identical):5s} max |diff|: {diff} "
+              f"(quantized steps)  top-1 agreement: {100 * top1:.0f}%")
+        if key.endswith(":reference") and not identical:
+            failed = True
+    print("PARITY FAILED: reference kernels differ between x86 and ARM" if failed else
+          "Parity OK: reference kernels are bit-identical on x86 and aarch64")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", required=True)
+    r.add_argument("--models", nargs="+", required=True)
+    r.add_argument("--images", nargs="+", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("x86")
+    c.add_argument("arm")
+    args = p.parse_args()
+    if args.cmd == "run":
+        run(args.models, args.images, args.out)
+        return 0
+    return compare(args.x86, args.arm)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
