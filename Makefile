@@ -25,7 +25,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
-.PHONY: setup test test-fast build quantize test-arm clean
+.PHONY: setup test test-fast build quantize test-arm bundle clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ build: setup
 
 quantize: setup
 	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT)
+
+# A deploy bundle of one variant of a quantize run (VARIANT=int8, uint8, ...).
+VARIANT ?= int8
+bundle: setup
+	$(PY) -m quantize.bundle --model $(OUT)/inception_v3_$(VARIANT).tflite
 
 # ARM, proven: the runtime on aarch64 under qemu user mode against x86, same models.
 ARM_OUT := artifacts/arm

@@ -45,8 +45,13 @@ class Quantization:
         return (q.astype(np.float32) - self.zero_point) * np.float32(self.scale)
 
 
-def read_labels(path: str | os.PathLike | None, num_classes: int) -> list[str] | None:
-    """Labels from a file (one per line); ImageNet's shipped lists for 1000/1001 classes."""
+def read_labels(path: str | os.PathLike | None, num_classes: int,
+                model_path: Path | None = None) -> list[str] | None:
+    """Labels from a file (one per line); else `labels.txt` beside the model (bundles);
+    else ImageNet's shipped lists for 1000/1001 classes."""
+    beside = model_path.parent / "labels.txt" if model_path is not None else None
+    if path is None and beside is not None and beside.is_file():
+        path = beside
     if path is None:
         shipped = LABELS_DIR / f"imagenet_{num_classes}.txt"
         return shipped.read_text().splitlines() if shipped.is_file() else None
@@ -95,7 +100,7 @@ class Classifier:
         self.input_quantization = self._quantization(self._input)
         self.output_quantization = self._quantization(self._output)
         self.feeds_pixels = self._feeds_pixels()
-        self.labels = read_labels(labels, self.num_classes)
+        self.labels = read_labels(labels, self.num_classes, self.model_path)
 
     @staticmethod
     def _quantization(detail) -> Quantization | None:

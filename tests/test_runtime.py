@@ -235,3 +235,32 @@ def test_num_threads_takes_effect(tiny_run):
     two = bench(model, num_threads=2, runs=30, warmup=3)
     assert one["cpu_per_wall"] < 1.15
     assert two["cpu_per_wall"] > 1.3
+
+
+def test_bundle_runs_on_its_own_and_checks_its_model(tiny_run, tmp_path):
+    import tarfile
+    from quantize.bundle import make_bundle
+    out, _ = tiny_run
+    archive = make_bundle(out / pipeline.model_file("uint8"), tmp_path / "b.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    bundle = tmp_path / "inception_v3_uint8"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {"inception_v3_uint8.tflite", "requirements.txt", "runtime/classify.py",
+            "runtime/labels/imagenet_1000.txt"} <= set(manifest["files"])
+    assert "ai-edge-litert==" in (bundle / "requirements.txt").read_text()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "runtime", "classify", "--model", "inception_v3_uint8.tflite",
+         "--json", PHOTOS[0]], cwd=bundle, capture_output=True, text=True, env=env)
+    result = run()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["top_k"][0]["label"]
+    model = bundle / "inception_v3_uint8.tflite"
+    data = bytearray(model.read_bytes())
+    data[-64] ^= 0x01
+    model.write_bytes(bytes(data))
+    result = run()
+    assert result.returncode == 2 and "does not match its SHA-256" in result.stderr
+    assert make_bundle(out / pipeline.model_file("uint8"), tmp_path / "c.tar.gz") \
+        .read_bytes() == archive.read_bytes()  # reproducible

@@ -1,0 +1,107 @@
+"""`make bundle`: one archive with a model, its labels, the runtime and its requirements.
+
+Unpack it on the device, `pip install -r requirements.txt`, then
+`python3 -m runtime classify --model <model> photo.jpg`. The manifest's SHA-256 sums are
+checked by the runtime whenever it loads the model from the bundle.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+from runtime.fileio import sha256, staged_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_FILES = sorted(p for p in (ROOT / "runtime").rglob("*")
+                       if p.is_file() and "__pycache__" not in p.parts)
+README = """\
+InceptionV3 on the device
+=========================
+64-bit Raspberry Pi OS (Python 3.9-3.13):  pip install -r requirements.txt
+32-bit Raspberry Pi OS or older Pythons:    pip install -r requirements-tflite-runtime.txt
+Coral USB Accelerator: also install libedgetpu1-std from Coral's apt repository and use
+the *_edgetpu.tflite model (the runtime loads the delegate by itself).
+
+    python3 -m runtime classify --model {model} photo.jpg
+    python3 -m runtime bench --model {model}
+"""
+
+
+def requirements() -> tuple[str, str]:
+    pins = {line.split("==")[0].lower(): line.strip() for line in
+            (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
+    litert = "\n".join([pins["ai-edge-litert"], pins["numpy"], pins["pillow"]]) + "\n"
+    legacy = "tflite-runtime==2.14.0\nnumpy<2\npillow\n"
+    return litert, legacy
+
+
+def labels_for(model: Path) -> str | None:
+    """Labels from the quantize run's float model card (trained models), if any."""
+    card = model.parent / "float" / "model_card.json"
+    if card.is_file():
+        labels = json.loads(card.read_text()).get("labels")
+        if labels:
+            return "\n".join(labels) + "\n"
+    return None
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible archive
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_bundle(model: Path, out: Path) -> Path:
+    if not model.is_file():
+        raise FileNotFoundError(f"No model at {model}; run `make quantize` first.")
+    litert, legacy = requirements()
+    files: dict[str, bytes] = {
+        model.name: model.read_bytes(),
+        "requirements.txt": litert.encode(),
+        "requirements-tflite-runtime.txt": legacy.encode(),
+        "README.txt": README.format(model=model.name).encode(),
+    }
+    labels = labels_for(model)
+    if labels:
+        files["labels.txt"] = labels.encode()
+    for path in RUNTIME_FILES:
+        files[str(path.relative_to(ROOT))] = path.read_bytes()
+    manifest = {"files": {name: hashlib.sha256(data).hexdigest()
+                          for name, data in sorted(files.items())}}
+    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    stem = model.stem
+    with staged_outputs(out.parent) as stage:
+        archive = stage / out.name
+        with open(archive, "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in sorted(files):
+                _add(tar, f"{stem}/{name}", files[name])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m quantize.bundle", description=__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="archive path (default: <model>_bundle.tar.gz beside it)")
+    args = p.parse_args(argv)
+    model = Path(args.model)
+    out = Path(args.out) if args.out else model.with_name(f"{model.stem}_bundle.tar.gz")
+    try:
+        make_bundle(model, out)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB): model {sha256(model)[:12]}..., "
+          "labels, runtime, requirements, manifest")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
