@@ -25,7 +25,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
-.PHONY: setup test test-fast build quantize test-arm bundle clean
+.PHONY: setup test test-fast build train quantize qat eval test-arm bundle clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,31 @@ build: setup
 
 quantize: setup
 	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT)
+
+# Training: make train DATA=<folder, one sub-folder per class> [VAL=<folder>] writes the
+# float model into $(OUT)/float, where make quantize / make qat take it as it is.
+DATA ?=
+VAL ?=
+EPOCHS ?= 10
+BATCH_SIZE ?= 32
+LEARNING_RATE ?= 1e-3
+TRAIN_ARGS ?=
+train: setup
+	$(PY) -m build.train --data $(DATA) $(if $(VAL),--val $(VAL)) --out $(OUT)/float \
+		--input-size $(INPUT_SIZE) --depth-multiplier $(DEPTH_MULTIPLIER) \
+		--weights $(WEIGHTS) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
+		--learning-rate $(LEARNING_RATE) --seed $(SEED) $(TRAIN_ARGS)
+
+# Quantization-aware training on DATA, then every variant plus qat, with the drift report.
+QAT_EPOCHS ?= 2
+qat: setup
+	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT) --qat-data $(DATA) \
+		$(if $(VAL),--qat-val $(VAL)) --qat-epochs $(QAT_EPOCHS)
+
+# Accuracy on a labelled folder: MODEL=<float folder or .tflite>, or RUN=<quantize OUT>.
+RUN ?=
+eval: setup
+	$(PY) -m quantize.evaluate --data $(DATA) $(if $(RUN),--run $(RUN),--model $(MODEL))
 
 # A deploy bundle of one variant of a quantize run (VARIANT=int8, uint8, ...).
 VARIANT ?= int8

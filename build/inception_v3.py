@@ -54,8 +54,9 @@ class _Slim:
     """The slim ops used by the network, with slim's defaults, building Keras layers."""
 
     def __init__(self, scope: str, batch_norm_decay: float, weight_decay: float,
-                 seed: int | None):
+                 seed: int | None, folded: bool = False):
         self.scope = scope
+        self.folded = folded  # batch norm folded into the conv's bias (see fold_batch_norm)
         self.batch_norm_decay = batch_norm_decay
         self.regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
         self.seed = seed
@@ -74,10 +75,12 @@ class _Slim:
         name = f"{self.scope}/{scope}"
         net = layers.Conv2D(
             filters, tuple(kernel_size), strides=stride, padding=padding,
-            use_bias=not normalize, kernel_initializer=self._initializer(stddev),
+            use_bias=not normalize or self.folded, kernel_initializer=self._initializer(stddev),
             kernel_regularizer=self.regularizer, name=name)(net)
         if not normalize:
             return net
+        if self.folded:
+            return layers.ReLU(name=f"{name}/Relu")(net)
         net = layers.BatchNormalization(
             axis=3, scale=False, epsilon=BATCH_NORM_EPSILON,
             momentum=self.batch_norm_decay, name=f"{name}/BatchNorm")(net)
@@ -116,13 +119,13 @@ def _check_input(inputs) -> None:
 def inception_v3_base(inputs, final_endpoint: str = "Mixed_7c", min_depth: int = 16,
                       depth_multiplier: float = 1.0, scope: str = SCOPE,
                       batch_norm_decay: float = 0.9997, weight_decay: float = 0.00004,
-                      seed: int | None = None):
+                      seed: int | None = None, folded: bool = False):
     """The trunk from `inputs` to `final_endpoint`; returns `(net, end_points)` like slim."""
     if final_endpoint not in BASE_ENDPOINTS:
         raise ValueError(f"Unknown final endpoint {final_endpoint}")
     _check_input(inputs)
     depth = depth_fn(depth_multiplier, min_depth)
-    slim = _Slim(scope, batch_norm_decay, weight_decay, seed)
+    slim = _Slim(scope, batch_norm_decay, weight_decay, seed, folded)
     end_points: dict = {}
 
     def done(end_point: str, net) -> bool:
@@ -245,18 +248,20 @@ def inception_v3(inputs, num_classes: int = 1000, dropout_keep_prob: float | Non
                  spatial_squeeze: bool = True, create_aux_logits: bool = True,
                  global_pool: bool = False, scope: str = SCOPE,
                  batch_norm_decay: float = 0.9997, weight_decay: float = 0.00004,
-                 seed: int | None = None):
+                 seed: int | None = None, folded: bool = False):
     """The full network; returns `(logits, end_points)` like slim.
 
     `is_training` is not an argument: Keras decides batch norm and dropout mode per call
     (`model(x, training=True)`). `dropout_keep_prob=None` leaves the dropout layer out, for
     a deployment graph. `num_classes=0` returns the pooled features, as slim does.
+    `folded=True` builds convs with a bias and no batch norm, for `fold_batch_norm`.
     """
     depth = depth_fn(depth_multiplier, min_depth)
     net, end_points = inception_v3_base(
         inputs, min_depth=min_depth, depth_multiplier=depth_multiplier, scope=scope,
-        batch_norm_decay=batch_norm_decay, weight_decay=weight_decay, seed=seed)
-    slim = _Slim(scope, batch_norm_decay, weight_decay, None if seed is None else seed + 1)
+        batch_norm_decay=batch_norm_decay, weight_decay=weight_decay, seed=seed, folded=folded)
+    slim = _Slim(scope, batch_norm_decay, weight_decay, None if seed is None else seed + 1,
+                 folded)
 
     if create_aux_logits and num_classes:
         aux = end_points["Mixed_6e"]
@@ -320,7 +325,7 @@ def InceptionV3(input_shape: tuple[int, int, int] = (299, 299, 3), num_classes: 
                 min_depth: int = 16, depth_multiplier: float = 1.0,
                 spatial_squeeze: bool = True, global_pool: bool = False,
                 batch_norm_decay: float = 0.9997, weight_decay: float = 0.00004,
-                seed: int | None = None) -> keras.Model:
+                seed: int | None = None, folded: bool = False) -> keras.Model:
     """A Keras model of `inception_v3` whose outputs are the logits (and the aux logits).
 
     Outputs are logits, not probabilities: a deployed graph should end in logits, since
@@ -333,7 +338,7 @@ def InceptionV3(input_shape: tuple[int, int, int] = (299, 299, 3), num_classes: 
         min_depth=min_depth, depth_multiplier=depth_multiplier,
         spatial_squeeze=spatial_squeeze, create_aux_logits=create_aux_logits,
         global_pool=global_pool, batch_norm_decay=batch_norm_decay,
-        weight_decay=weight_decay, seed=seed)
+        weight_decay=weight_decay, seed=seed, folded=folded)
     outputs = [logits, end_points["AuxLogits"]] if "AuxLogits" in end_points else logits
     return keras.Model(inputs, outputs, name="inception_v3")
 
@@ -393,3 +398,27 @@ def trunk_conv_layers(model: keras.Model, scope: str = SCOPE) -> list:
     convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)
              and layer.name.split("/")[1] in BASE_ENDPOINTS and layer.name.startswith(scope)]
     return sorted(convs, key=lambda layer: conv_creation_order(layer.name))
+
+
+def fold_batch_norm(model: keras.Model, **config) -> keras.Model:
+    """The same network with each batch norm folded into its conv (inference maths).
+
+    With `scale=False`, BN(x) = (x - mean) / sqrt(var + eps) + beta, so the conv becomes
+    kernel / sqrt(var + eps) with bias beta - mean / sqrt(var + eps). `config` is what the
+    model was built with (InceptionV3's arguments). Quantization-aware training starts
+    from this graph: TFLite folds batch norm the same way when it converts.
+    """
+    folded = InceptionV3(folded=True, **config)
+    for layer in folded.layers:
+        if not isinstance(layer, layers.Conv2D):
+            continue
+        source = model.get_layer(layer.name)
+        try:
+            bn = model.get_layer(f"{layer.name}/BatchNorm")
+        except ValueError:
+            layer.set_weights(source.get_weights())
+            continue
+        beta, mean, variance = bn.get_weights()
+        inv = 1.0 / (variance + bn.epsilon) ** 0.5
+        layer.set_weights([source.get_weights()[0] * inv, beta - mean * inv])
+    return folded

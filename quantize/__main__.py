@@ -30,6 +30,12 @@ def parse_args(argv):
     p.add_argument("--max-top1-drop", type=float, help="points of top-1 a variant may lose")
     p.add_argument("--no-layer-errors", action="store_true")
     p.add_argument("--threads", type=int)
+    q = p.add_argument_group("quantization-aware training (make qat)")
+    q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat variant")
+    q.add_argument("--qat-val", help="validation folder for QAT")
+    q.add_argument("--qat-epochs", type=int, default=2)
+    q.add_argument("--qat-learning-rate", type=float, default=1e-4)
+    q.add_argument("--qat-no-flip", action="store_true")
     b = p.add_argument_group("float model (as make build)")
     b.add_argument("--weights", default="auto", help=WEIGHT_CHOICES)
     b.add_argument("--input-size", default="299")
@@ -49,8 +55,11 @@ def ensure_float_model(args) -> Path:
         weights=args.weights, seed=args.seed)
     card_path = float_dir / float_model.CARD_FILE
     if card_path.is_file():
-        built = json.loads(card_path.read_text()).get("build")
-        if built == float_model.build_args(config):
+        card = json.loads(card_path.read_text())
+        if "training" in card:
+            print(f"Using the trained model in {float_dir}", flush=True)
+            return float_dir
+        if card.get("build") == float_model.build_args(config):
             return float_dir
         print(f"{float_dir} was built with other settings; rebuilding it.", flush=True)
     print(f"Building the float model into {float_dir}", flush=True)
@@ -72,7 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             num_threads=args.threads)
         if config.max_top1_drop is not None and config.eval_dir is None:
             raise ValueError("MAX_TOP1_DROP needs EVAL=<labelled folder> to measure accuracy.")
-        result = pipeline.run(config)
+        qat_model = None
+        if args.qat_data:
+            from quantize.qat import quantization_aware
+            model, card = float_model.load(config.float_dir)
+            qat_model = quantization_aware(
+                model, card, args.qat_data, args.qat_val, epochs=args.qat_epochs,
+                learning_rate=args.qat_learning_rate, flip=not args.qat_no_flip)
+            if "qat" not in config.variants:
+                config.variants.append("qat")
+        result = pipeline.run(config, qat_model)
     except (ValueError, DataError, WeightsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -38,39 +38,74 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
-def accuracy(logits: np.ndarray, labels: Sequence[int], k: int) -> float:
-    labels = np.asarray(labels)[:, None]
-    return float(np.mean(np.any(top_k_indices(logits, k) == labels, axis=1)))
+class DriftAccumulator:
+    """Running drift figures of candidate logits against reference logits.
+
+    Rows arrive in chunks and only sums are kept (plus the indices that flipped), so
+    memory does not grow with the number of images.
+    """
+
+    def __init__(self, with_labels: bool = False):
+        self.n = 0
+        self.agree = 0
+        self.overlap = 0.0
+        self.cosine = 0.0
+        self.signal = 0.0
+        self.noise = 0.0
+        self.max_abs = 0.0
+        self.flipped: list[int] = []
+        self.with_labels = with_labels
+        self.correct = {"float_top1": 0, "float_top5": 0, "quantized_top1": 0,
+                        "quantized_top5": 0}
+        self.k = 5
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray,
+            labels: Sequence[int] | None = None) -> None:
+        if reference.shape != candidate.shape:
+            raise ValueError(f"Output shapes differ: {reference.shape} vs {candidate.shape}")
+        self.k = min(5, reference.shape[1])
+        top_ref, top_cand = top_k_indices(reference, self.k), top_k_indices(candidate, self.k)
+        ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+        noise = ref - cand
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+        cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-30), 1.0)
+        same = top_ref[:, 0] == top_cand[:, 0]
+        self.flipped += [self.n + int(i) for i in np.nonzero(~same)[0]]
+        self.n += len(ref)
+        self.agree += int(np.sum(same))
+        self.overlap += sum(len(set(a) & set(b)) / self.k for a, b in zip(top_ref, top_cand))
+        self.cosine += float(np.sum(cosine))
+        self.signal += float(np.sum(ref ** 2))
+        self.noise += float(np.sum(noise ** 2))
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(noise))))
+        if labels is not None:
+            y = np.asarray(labels)[:, None]
+            for name, top in (("float", top_ref), ("quantized", top_cand)):
+                self.correct[f"{name}_top1"] += int(np.sum(top[:, :1] == y))
+                self.correct[f"{name}_top5"] += int(np.sum(np.any(top == y, axis=1)))
+
+    def result(self) -> dict:
+        n = max(self.n, 1)
+        out = {
+            "images": self.n,
+            "top1_agreement": self.agree / n,
+            "top5_overlap": self.overlap / n,
+            "cosine_similarity": self.cosine / n,
+            "sqnr_db": float("inf") if self.noise == 0 else
+            float(10 * np.log10(self.signal / self.noise)),
+            "max_abs_error": self.max_abs,
+            "flipped": list(self.flipped),
+        }
+        if self.with_labels:
+            out.update({k: v / n for k, v in self.correct.items()})
+            out["top1_change_points"] = 100 * (out["quantized_top1"] - out["float_top1"])
+            out["top5_change_points"] = 100 * (out["quantized_top5"] - out["float_top5"])
+        return out
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray,
             labels: Sequence[int] | None = None) -> dict:
     """Agreement and error of `candidate` logits against `reference` logits (N x classes)."""
-    if reference.shape != candidate.shape:
-        raise ValueError(f"Output shapes differ: {reference.shape} vs {candidate.shape}")
-    k = min(5, reference.shape[1])
-    top_ref, top_cand = top_k_indices(reference, k), top_k_indices(candidate, k)
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]
-    ref64, cand64 = reference.astype(np.float64), candidate.astype(np.float64)
-    noise = ref64 - cand64
-    dot = np.sum(ref64 * cand64, axis=1)
-    norms = np.linalg.norm(ref64, axis=1) * np.linalg.norm(cand64, axis=1)
-    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
-    noise_power = float(np.sum(noise ** 2))
-    result = {
-        "images": int(len(reference)),
-        "top1_agreement": float(np.mean(top_ref[:, 0] == top_cand[:, 0])),
-        "top5_overlap": float(np.mean(overlap)),
-        "cosine_similarity": float(np.mean(cosine)),
-        "sqnr_db": float("inf") if noise_power == 0 else
-        float(10 * np.log10(np.sum(ref64 ** 2) / noise_power)),
-        "max_abs_error": float(np.max(np.abs(noise))),
-        "flipped": [int(i) for i in np.nonzero(top_ref[:, 0] != top_cand[:, 0])[0]],
-    }
-    if labels is not None:
-        for name, logits in (("float", reference), ("quantized", candidate)):
-            result[f"{name}_top1"] = accuracy(logits, labels, 1)
-            result[f"{name}_top5"] = accuracy(logits, labels, k)
-        result["top1_change_points"] = 100 * (result["quantized_top1"] - result["float_top1"])
-        result["top5_change_points"] = 100 * (result["quantized_top5"] - result["float_top5"])
-    return result
+    accumulator = DriftAccumulator(with_labels=labels is not None)
+    accumulator.add(reference, candidate, labels)
+    return accumulator.result()

@@ -49,7 +49,8 @@ class ImageSet:
         return h.hexdigest()
 
 
-def read_pixels(path: str, size: tuple[int, int]) -> np.ndarray:
+def read_pixels(path: str, size: tuple[int, int],
+                central_fraction: float = preprocessing.CENTRAL_FRACTION) -> np.ndarray:
     """One image's pixels, or ImageError with the reason it cannot be used."""
     try:
         with preprocessing.Image.open(path) as probe:
@@ -59,11 +60,12 @@ def read_pixels(path: str, size: tuple[int, int]) -> np.ndarray:
     if min(width, height) < MIN_SIDE:
         raise preprocessing.ImageError(f"{width}x{height} is smaller than "
                                        f"{MIN_SIDE}x{MIN_SIDE}")
-    return preprocessing.resize_pixels(path, size)
+    return preprocessing.resize_pixels(path, size, central_fraction)
 
 
 def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | None = None,
-                what: str = "calibration", labels_of=None) -> ImageSet:
+                what: str = "calibration", labels_of=None,
+                central_fraction: float = preprocessing.CENTRAL_FRACTION) -> ImageSet:
     """Read up to `limit` usable images under `folder` (sorted, recursive)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -82,7 +84,7 @@ def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | N
             skipped[path] = "not in a class sub-folder"
             continue
         try:
-            pixels.append(read_pixels(path, size))
+            pixels.append(read_pixels(path, size, central_fraction))
         except (preprocessing.ImageError, OSError, ValueError, SyntaxError) as error:
             skipped[path] = str(error).replace(f"{path}: ", "")
             continue
@@ -116,15 +118,19 @@ def folder_classes(folder: str | os.PathLike, class_names: Sequence[str] | None,
                    num_classes: int) -> dict[str, int]:
     """Sub-folder name to the model's class index.
 
-    Uses, in order: a `classes.tsv` (wnid, imagenet_index) beside or inside the folder
-    (+1 for 1001-class models with a background class); the model's own labels (from
-    `make train`); otherwise it fails with what to add.
+    Uses, in order: the model's own labels (from `make train`); a `classes.tsv` (wnid,
+    imagenet_index) inside or beside the folder (+1 for 1001-class models with a
+    background class); otherwise it fails with what to add.
     """
     folder = Path(folder)
     names = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not names:
         raise DataError(f"{folder} has no class sub-folders; a labelled folder holds one "
                         "sub-folder of images per class.")
+    if class_names:
+        missing = [n for n in names if n not in class_names]
+        if not missing:
+            return {n: list(class_names).index(n) for n in names}
     for tsv in (folder / "classes.tsv", folder.parent / "classes.tsv"):
         if tsv.is_file():
             with open(tsv) as f:
@@ -134,22 +140,30 @@ def folder_classes(folder: str | os.PathLike, class_names: Sequence[str] | None,
             missing = [n for n in names if n not in rows]
             if not missing:
                 return {n: rows[n] + offset for n in names}
-    if class_names:
-        missing = [n for n in names if n not in class_names]
-        if not missing:
-            return {n: list(class_names).index(n) for n in names}
     raise DataError(f"Cannot map the sub-folders of {folder} ({', '.join(names[:3])}, ...) to "
                     "the model's classes: add a classes.tsv (wnid<TAB>imagenet_index) or use "
                     "a model trained on these folders (make train).")
 
 
+def class_folders(folder: str | os.PathLike) -> list[str]:
+    """The class names of a training folder: its sub-folders, sorted."""
+    names = sorted(d.name for d in Path(folder).iterdir() if d.is_dir()) \
+        if Path(folder).is_dir() else []
+    if len(names) < 2:
+        raise DataError(f"{folder} needs one sub-folder of images per class (at least 2), "
+                        f"found {len(names)}.")
+    return names
+
+
 def load_labelled(folder: str | os.PathLike, size: tuple[int, int],
                   class_names: Sequence[str] | None, num_classes: int,
-                  limit: int | None = None) -> ImageSet:
+                  limit: int | None = None, what: str = "evaluation",
+                  central_fraction: float = preprocessing.CENTRAL_FRACTION) -> ImageSet:
     mapping = folder_classes(folder, class_names, num_classes)
     root = Path(folder)
-    return load_folder(folder, size, limit, what="evaluation",
-                       labels_of=lambda p: mapping.get(Path(p).relative_to(root).parts[0]))
+    return load_folder(folder, size, limit, what=what,
+                       labels_of=lambda p: mapping.get(Path(p).relative_to(root).parts[0]),
+                       central_fraction=central_fraction)
 
 
 def stream_labelled(folder: str | os.PathLike, size: tuple[int, int],

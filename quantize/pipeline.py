@@ -55,7 +55,11 @@ def versions() -> dict:
     return found
 
 
-def run(config: QuantizeConfig) -> dict:
+def run(config: QuantizeConfig, qat_model=None) -> dict:
+    """`qat_model`: the quantization-aware model for the `qat` variant (from make qat)."""
+    if "qat" in config.variants and qat_model is None:
+        raise ValueError("The qat variant comes from quantization-aware training: run "
+                         "`make qat DATA=<image folder>`.")
     model, card = float_model.load(config.float_dir)
     size = tuple(card["input_size"])
     everything = images.load_folder(config.calibration_dir, size, what="calibration")
@@ -79,7 +83,8 @@ def run(config: QuantizeConfig) -> dict:
                 calibration.pixels, variant, preprocessing.normalize) \
                 if variant.calibrated else None
             with measured() as cost:
-                tflite = variants.convert(model, variant, representative)
+                tflite = variants.convert(qat_model if name == "qat" else model, variant,
+                                          representative)
             path = stage / model_file(name)
             path.write_bytes(tflite)
             classifier = Classifier(path, num_threads=threads)

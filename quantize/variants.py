@@ -33,7 +33,12 @@ VARIANTS = {v.name: v for v in (
             calibrated=True, full_integer=True, pixel_input=True),
     Variant("int16x8", "16-bit activations, 8-bit weights, float input and output",
             calibrated=True),
+    # QAT ranges come from the fake-quant layers; the converter still wants samples to
+    # make the input and output integer.
+    Variant("qat", "quantization-aware trained (make qat), full integer, int8 input and output",
+            calibrated=True, full_integer=True),
 )}
+POST_TRAINING = [name for name in VARIANTS if name != "qat"]
 
 
 def parse_variants(text: str | None) -> list[str]:
@@ -43,7 +48,7 @@ def parse_variants(text: str | None) -> list[str]:
     if unknown:
         raise ValueError(f"Unknown variant(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(VARIANTS)}.")
-    return names or list(VARIANTS)
+    return names or list(POST_TRAINING)
 
 
 def graph_for(model: keras.Model, variant: Variant) -> keras.Model:

@@ -60,10 +60,11 @@ def central_crop_box(width: int, height: int,
     return left, top, width - left, height - top
 
 
-def resize_pixels(image: ImageLike, size: tuple[int, int]) -> np.ndarray:
+def resize_pixels(image: ImageLike, size: tuple[int, int],
+                  central_fraction: float = CENTRAL_FRACTION) -> np.ndarray:
     """Central crop and resize to `size` (height, width): uint8 HxWx3, the raw pixels."""
     img = load_image(image)
-    box = central_crop_box(*img.size)
+    box = central_crop_box(*img.size, fraction=central_fraction)
     height, width = size
     resized = img.resize((width, height), Image.BILINEAR, box=box)
     return np.asarray(resized, dtype=np.uint8)

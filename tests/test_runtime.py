@@ -227,12 +227,23 @@ def test_cli_bench_prints_percentiles(tiny_run):
     assert figures["init_ms"] > 0 and figures["peak_rss_mb"] > 0
 
 
-def test_num_threads_takes_effect(tiny_run):
-    """Two threads burn more CPU time than wall time; one thread does not."""
-    out, _ = tiny_run
-    model = out / pipeline.model_file("float32")
-    one = bench(model, num_threads=1, runs=30, warmup=3)
-    two = bench(model, num_threads=2, runs=30, warmup=3)
+def test_num_threads_takes_effect(tmp_path):
+    """Two threads burn more CPU time than wall time; one thread does not.
+
+    A model with large convolutions, so that XNNPACK has work worth splitting.
+    """
+    from build.keras_env import keras, tf
+    inputs = keras.Input((96, 96, 3))
+    x = inputs
+    for _ in range(4):
+        x = keras.layers.Conv2D(96, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    net = keras.Model(inputs, keras.layers.Dense(10)(x))
+    model = tmp_path / "heavy.tflite"
+    model.write_bytes(tf.lite.TFLiteConverter.from_keras_model(net).convert())
+    one = bench(model, num_threads=1, runs=20, warmup=3)
+    two = bench(model, num_threads=2, runs=20, warmup=3)
+    assert one["threads"] == 1 and two["threads"] == 2
     assert one["cpu_per_wall"] < 1.15
     assert two["cpu_per_wall"] > 1.3
 

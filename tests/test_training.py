@@ -1,0 +1,126 @@
+"""Training, quantization-aware training, evaluation and the drift gate on real labelled
+images: scikit-learn's handwritten digits, upscaled to the smallest InceptionV3 input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from build import float_model
+from build.train import TrainConfig, train
+from conftest import ROOT
+from quantize import evaluate, pipeline
+from quantize.qat import quantization_aware
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """digits/train and digits/eval (every 6th image), one sub-folder per class."""
+    from sklearn.datasets import load_digits
+    root = tmp_path_factory.mktemp("digits")
+    data = load_digits()
+    for i, (image, label) in enumerate(zip(data.images, data.target)):
+        split = "eval" if i % 6 == 0 else "train"
+        folder = root / split / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image / 16 * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((86, 86), Image.BILINEAR).save(folder / f"{i:04d}.png")
+    black = root / "black"
+    black.mkdir()
+    for i in range(20):  # a deliberately broken calibration set
+        Image.new("RGB", (86, 86)).save(black / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "float"
+    config = TrainConfig(data=str(digits / "train"), val=str(digits / "eval"), out=str(out),
+                         input_size=(75, 75), depth_multiplier=0.25, epochs=8,
+                         learning_rate=3e-3, flip=False, min_crop_area=0.7)
+    return out, config, train(config)
+
+
+def test_training_reaches_accuracy_and_writes_a_float_model(trained):
+    out, _, result = trained
+    assert result["val_top1"] >= 0.85
+    model, card = float_model.load(out)
+    assert card["labels"] == [f"digit_{i}" for i in range(10)]
+    assert card["training"]["val_images"] == 300 and card["num_classes"] == 10
+
+
+def test_rerun_resumes_from_the_checkpoint(trained, capsys):
+    out, config, _ = trained
+    config.epochs = 9
+    train(config)
+    assert "Resuming from epoch 8" in capsys.readouterr().out
+
+
+def _quantize(float_dir, out, calibration, digits, variants=("int8",), qat=None):
+    config = pipeline.QuantizeConfig(
+        float_dir=float_dir, out=out, variants=list(variants), calibration_dir=calibration,
+        calibration_samples=100, eval_dir=digits / "eval", max_top1_drop=1.0,
+        layer_errors=False)
+    return pipeline.run(config, qat)
+
+
+def test_int8_keeps_float_accuracy_and_the_gate_bites(trained, digits, tmp_path):
+    out, _, _ = trained
+    good = _quantize(out, tmp_path / "good", digits / "train", digits)
+    int8 = good["variants"]["int8"]["eval"]
+    assert int8["images"] == 300
+    assert int8["top1_agreement"] >= 0.97
+    assert int8["top1_change_points"] >= -1.0
+    assert good["gate"]["failed"] == [] and good["variants"]["int8"]["gate"] == "pass"
+
+    broken = _quantize(out, tmp_path / "broken", digits / "black", digits)
+    assert broken["gate"]["failed"] == ["int8"]
+    assert broken["variants"]["int8"]["eval"]["top1_change_points"] < -1.0
+
+
+def test_make_quantize_gate_exit_code(trained, digits, tmp_path):
+    out, _, _ = trained
+    result = subprocess.run(
+        [sys.executable, "-m", "quantize", "--model", str(out), "--variants", "int8",
+         "--calib", str(digits / "black"), "--eval", str(digits / "eval"),
+         "--max-top1-drop", "1", "--no-layer-errors", "--out", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "over the top-1 budget of 1.0 points: int8" in result.stderr
+    assert "FAIL" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_quantization_aware_training_converts_to_full_integer(trained, digits, tmp_path):
+    out, _, _ = trained
+    model, card = float_model.load(out)
+    qat = quantization_aware(model, card, str(digits / "train"), epochs=1, flip=False,
+                             min_crop_area=0.7)
+    report = _quantize(out, tmp_path / "qat", digits / "train", digits, ("qat",), qat)
+    entry = report["variants"]["qat"]
+    assert entry["io"]["input_dtype"] == "int8" and entry["edgetpu"]["single_subgraph"]
+    assert entry["eval"]["quantized_top1"] >= 0.85
+    assert entry["eval"]["top1_agreement"] >= 0.9
+
+
+def test_eval_streams_a_run_and_a_model(trained, digits, tmp_path):
+    out, _, _ = trained
+    run = tmp_path / "run"
+    report = _quantize(out, run, digits / "train", digits, ("int8", "uint8"))
+    result = evaluate.evaluate_run(run, digits / "eval")
+    assert set(result["variants"]) == {"int8", "uint8"}
+    for name in ("int8", "uint8"):
+        np.testing.assert_allclose(result["variants"][name]["quantized_top1"],
+                                   report["variants"][name]["eval"]["quantized_top1"])
+    float_top1 = evaluate.evaluate_model(out, digits / "eval")["top1"]
+    assert float_top1 == pytest.approx(result["variants"]["int8"]["float_top1"])
+    tflite = evaluate.evaluate_model(run / pipeline.model_file("int8"), digits / "eval")
+    assert tflite["top1"] == pytest.approx(result["variants"]["int8"]["quantized_top1"])
+    cli = subprocess.run([sys.executable, "-m", "quantize.evaluate", "--run", str(run),
+                          "--data", str(digits / "eval")], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert cli.returncode == 0 and "| int8 |" in cli.stdout
