@@ -55,6 +55,6 @@ def tiny_run(tiny_float_dir, tmp_path_factory):
     from quantize import pipeline, variants
     out = tmp_path_factory.mktemp("tiny_run")
     config = pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=out,
-                                     variants=list(variants.VARIANTS),
+                                     variants=list(variants.POST_TRAINING),
                                      calibration_dir=CALIBRATION_DIR)
     return out, pipeline.run(config)

@@ -25,13 +25,13 @@ from conftest import CALIBRATION_DIR, ROOT
 def test_every_variant_report_and_manifest(tiny_run):
     out, report = tiny_run
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["variants"]) == set(variants.VARIANTS)
+    assert set(manifest["variants"]) == set(variants.POST_TRAINING)
     for name, entry in manifest["variants"].items():
         path = out / entry["file"]
         assert name in entry["file"] and entry["sha256"] == sha256(path)
     assert (out / "report.md").read_text().count("| int8 ") == 1
     assert json.loads((out / "report.json").read_text())["variants"].keys() == \
-        set(variants.VARIANTS)
+        set(variants.POST_TRAINING)
     assert manifest["calibration"]["images"] + manifest["held_out"]["images"] == 15
     io = {name: e["io"] for name, e in manifest["variants"].items()}
     assert io["int8"]["input_dtype"] == io["int8"]["output_dtype"] == "int8"
@@ -247,3 +247,11 @@ def test_make_quantize_cli_errors(args, message, tiny_float_dir, tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_qat_variant_needs_quantization_aware_training(tiny_float_dir, tmp_path):
+    config = pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=tmp_path / "out",
+                                     variants=["qat"], calibration_dir=CALIBRATION_DIR)
+    with pytest.raises(ValueError, match="make qat DATA="):
+        pipeline.run(config)
+    assert variants.parse_variants("") == variants.POST_TRAINING
