@@ -157,6 +157,6 @@ def _io(classifier: Classifier) -> dict:
 def _weight_warnings(card: dict) -> list[str]:
     if card.get("warning"):
         return [card["warning"]]
-    if card["weights"]["source"] == "random":
+    if card["weights"]["source"] == "random" and "training" not in card:
         return ["WARNING: the float model has random weights (WEIGHTS=random)."]
     return []
