@@ -82,8 +82,9 @@ ARM_OUT := artifacts/arm
 ARM_IMAGES := calibration_data/skimage_coffee.jpg calibration_data/skimage_chelsea.jpg \
 	calibration_data/sklearn_china.jpg
 test-arm: setup
+	mkdir -p $(ARM_OUT)
 	$(PY) -m quantize --weights random --input-size 96 --depth-multiplier 0.5 --seed 0 \
-		--variants int8,uint8 --no-layer-errors --out $(ARM_OUT)/models > $(ARM_OUT).log
+		--variants int8,uint8 --no-layer-errors --out $(ARM_OUT)/models > $(ARM_OUT)/quantize.log
 	bash tests/arm/setup_root.sh
 	$(PY) tests/arm/parity.py run --out $(ARM_OUT)/x86.npz \
 		--models $(ARM_OUT)/models/inception_v3_int8.tflite $(ARM_OUT)/models/inception_v3_uint8.tflite \
