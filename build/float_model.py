@@ -16,10 +16,10 @@ from build import inception_v3 as net
 from build.keras_env import keras, tf
 from build.weights import WeightsInfo, load_weights
 from runtime import preprocessing
+from quantize.runs import CARD_FILE
 from runtime.fileio import sha256, staged_outputs, write_json
 
 MODEL_FILE = "inception_v3.keras"
-CARD_FILE = "model_card.json"
 
 
 @dataclass

@@ -15,6 +15,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from quantize.runs import float_card_of
 from runtime.fileio import sha256, staged_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +42,6 @@ def requirements() -> tuple[str, str]:
     return litert, legacy
 
 
-def labels_for(model: Path) -> str | None:
-    """Labels from the quantize run's float model card (trained models), if any."""
-    card = model.parent / "float" / "model_card.json"
-    if card.is_file():
-        labels = json.loads(card.read_text()).get("labels")
-        if labels:
-            return "\n".join(labels) + "\n"
-    return None
-
-
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible archive
@@ -67,9 +58,9 @@ def make_bundle(model: Path, out: Path) -> Path:
         "requirements-tflite-runtime.txt": legacy.encode(),
         "README.txt": README.format(model=model.name).encode(),
     }
-    labels = labels_for(model)
+    labels = (float_card_of(model) or {}).get("labels")  # trained models name their classes
     if labels:
-        files["labels.txt"] = labels.encode()
+        files["labels.txt"] = ("\n".join(labels) + "\n").encode()
     for path in RUNTIME_FILES:
         files[str(path.relative_to(ROOT))] = path.read_bytes()
     manifest = {"files": {name: hashlib.sha256(data).hexdigest()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from build import float_model
 from quantize import drift, images
 from quantize.report import MB
+from quantize.runs import float_card_of
 from runtime.classify import Classifier, read_labels
 
 CHUNK = 32
@@ -90,21 +91,6 @@ def evaluate_run(run_dir: Path, data: Path, limit: int | None = None) -> dict:
     return result
 
 
-def _card_beside(model_path: Path) -> dict | None:
-    """The float model card of the quantize run a `.tflite` came from, if it is there."""
-    candidates = [model_path.parent / "float" / float_model.CARD_FILE]
-    manifest = model_path.parent / "manifest.json"
-    if manifest.is_file():
-        folder = json.loads(manifest.read_text()).get("float_model", {}).get("folder")
-        if folder:
-            candidates.append(Path(folder) / float_model.CARD_FILE)
-    for path in candidates:
-        if path.is_file():
-            return json.loads(path.read_text())
-    labels = model_path.parent / "labels.txt"  # a deploy bundle
-    return {"labels": labels.read_text().splitlines()} if labels.is_file() else None
-
-
 def evaluate_model(model_path: Path, data: Path) -> dict:
     """Top-1 and top-5 accuracy of one float model folder or `.tflite` file."""
     if model_path.is_dir():
@@ -113,7 +99,7 @@ def evaluate_model(model_path: Path, data: Path) -> dict:
         run = lambda pixels: drift.keras_logits(model, pixels)  # noqa: E731
     else:
         classifier = Classifier(model_path)
-        card = _card_beside(model_path)
+        card = float_card_of(model_path)
         size, num_classes = classifier.size, classifier.num_classes
         run = lambda pixels: drift.tflite_logits(classifier, pixels)  # noqa: E731
     top1 = top5 = n = 0
