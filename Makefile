@@ -21,7 +21,9 @@ CALIB_SAMPLES ?= 200
 EVAL ?=
 MAX_TOP1_DROP ?=
 MODEL ?=
+INT8_POOLS ?= float
 QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALIB_SAMPLES) \
+	$(if $(filter int8,$(INT8_POOLS)),--integer-pools) \
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 

@@ -30,6 +30,9 @@ def parse_args(argv):
     p.add_argument("--max-top1-drop", type=float, help="points of top-1 a variant may lose")
     p.add_argument("--no-layer-errors", action="store_true")
     p.add_argument("--threads", type=int)
+    p.add_argument("--integer-pools", action="store_true",
+                   help="keep int8 average pools integer (slower on CPUs with XNNPACK; for "
+                        "integer-only accelerators)")
     q = p.add_argument_group("quantization-aware training (make qat)")
     q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat variant")
     q.add_argument("--qat-val", help="validation folder for QAT")
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             held_out_samples=args.held_out_samples,
             eval_dir=Path(args.eval) if args.eval else None, eval_samples=args.eval_samples,
             max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
-            num_threads=args.threads)
+            num_threads=args.threads, float_pools=not args.integer_pools)
         if config.max_top1_drop is not None and config.eval_dir is None:
             raise ValueError("MAX_TOP1_DROP needs EVAL=<labelled folder> to measure accuracy.")
         qat_model = None

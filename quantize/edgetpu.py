@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,14 @@ def compile_model(model_path: Path, out_dir: Path) -> dict:
     return {"compiled": result.returncode == 0 and compiled.is_file(),
             "returncode": result.returncode, "log": log.name,
             "model": compiled.name if compiled.is_file() else None}
+
+
+def compile_bytes(model: bytes, file_name: str, out_dir: Path) -> dict:
+    """compile_model on a graph held in memory, named `file_name` for the compiler."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / file_name
+        source.write_bytes(model)
+        return compile_model(source, out_dir)
 
 
 def ops_as_dicts(model: bytes) -> list[dict]:

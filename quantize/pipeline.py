@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build import float_model
-from quantize import drift, edgetpu, images, layer_errors, report, variants
+from quantize import drift, edgetpu, images, layer_errors, pool_islands, report, variants
 from quantize.measure import measured
 from runtime import preprocessing
 from runtime.classify import Classifier
@@ -37,6 +37,9 @@ class QuantizeConfig:
     layer_errors: bool = True
     num_threads: int | None = None
     seed: int = 0
+    # Full-integer CPU models get their average pools as float islands (pool_islands.py);
+    # False keeps the converter's all-integer graph (integer-only NPUs, microcontrollers).
+    float_pools: bool = True
 
 
 def model_file(variant: str) -> str:
@@ -85,10 +88,20 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
             with measured() as cost:
                 tflite = variants.convert(qat_model if name == "qat" else model, variant,
                                           representative)
+            tpu, graph = None, "as converted"
+            if variant.full_integer:  # the Edge TPU takes the all-integer graph
+                tpu = edgetpu.readiness(tflite)
+                tpu["compiler"] = edgetpu.compile_bytes(tflite, model_file(name), stage)
+                pools = len(pool_islands.integer_pools_of(tflite))
+                if config.float_pools and pools:
+                    tflite = pool_islands.float_pools(tflite)
+                    graph = f"{pools} average pools as float islands, for XNNPACK"
+                else:
+                    graph = "all-integer"
             path = stage / model_file(name)
             path.write_bytes(tflite)
             classifier = Classifier(path, num_threads=threads)
-            entry = {"file": path.name, "description": variant.description,
+            entry = {"file": path.name, "description": variant.description, "graph": graph,
                      "bytes": len(tflite), "conversion": cost,
                      "io": _io(classifier),
                      "drift": drift.compare(reference, drift.tflite_logits(
@@ -101,12 +114,12 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
                 entry["eval"]["flipped"] = [os.path.relpath(evaluation.paths[i],
                                                             config.eval_dir)
                                             for i in entry["eval"]["flipped"]]
-            if variant.full_integer:
-                entry["edgetpu"] = edgetpu.readiness(tflite)
-                entry["edgetpu"]["compiler"] = edgetpu.compile_model(path, stage)
+            if tpu is not None:
+                entry["edgetpu"] = tpu
             results[name] = entry
             manifest_variants[name] = {"file": path.name, "sha256": sha256(path),
-                                       "bytes": len(tflite), "io": entry["io"]}
+                                       "bytes": len(tflite), "graph": graph,
+                                       "io": entry["io"]}
 
         per_layer = None
         if config.layer_errors and "int8" in config.variants:

@@ -87,6 +87,14 @@ def markdown(report: dict) -> str:
         parts += [f"Only {report['held_out']['images']} held-out images: the agreement "
                   "figures are indicative; give CALIB= a folder of a few hundred photos.", ""]
     parts += [table(report), ""]
+    islands = [name for name, e in report["variants"].items()
+               if "float islands" in e.get("graph", "")]
+    if islands:
+        parts += [f"CPU graphs of {', '.join(islands)}: "
+                  f"{report['variants'][islands[0]]['graph']} (XNNPACK has no int8 average "
+                  "pool; see quantize/pool_islands.py). Drift above is measured on these "
+                  "files; the Edge TPU check and compile use the all-integer graph "
+                  "(`INT8_POOLS=int8` writes that one instead).", ""]
     gate = report["gate"]
     if gate["max_top1_drop_points"] is not None:
         verdict = ("all variants pass" if not gate["failed"] else
