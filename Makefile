@@ -27,7 +27,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
-.PHONY: setup test test-fast build train quantize qat eval test-arm bundle clean
+.PHONY: setup setup-peers test test-fast build train quantize qat eval test-arm bundle bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Optional peers for make bench: ONNX Runtime (tf2onnx) and OpenVINO (NNCF).
+setup-peers: $(VENV)/.peers-installed
+
+$(VENV)/.peers-installed: requirements-peers.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-peers.txt
 	touch $@
 
 test: setup
@@ -78,6 +85,21 @@ eval: setup
 VARIANT ?= int8
 bundle: setup
 	$(PY) -m quantize.bundle --model $(OUT)/inception_v3_$(VARIANT).tflite
+
+# Benchmarks of the quantize run in OUT (made first if missing): every variant, the float
+# Keras model and the peers that are installed, at each of THREADS; writes
+# $(BENCH_OUT)/<NAME>.json, .md and .png. EVAL=<labelled folder> adds top-1 drift.
+THREADS ?= 1,2
+RUNS ?= 30
+NAME ?=
+PEERS ?= onnxruntime,openvino
+EVAL_SAMPLES ?= 500
+BENCH_OUT ?= benchmarks/results
+bench: setup
+	test -f $(OUT)/manifest.json || $(MAKE) quantize
+	$(PY) -m benchmarks --run $(OUT) --threads $(THREADS) --runs $(RUNS) --peers $(PEERS) \
+		$(if $(NAME),--name $(NAME)) --out $(BENCH_OUT) \
+		$(if $(EVAL),--eval $(EVAL) --eval-samples $(EVAL_SAMPLES))
 
 # ARM, proven: the runtime on aarch64 under qemu user mode against x86, same models.
 ARM_OUT := artifacts/arm

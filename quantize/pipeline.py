@@ -129,10 +129,15 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
 
         gate = report.apply_gate(results, config.max_top1_drop)
         data_info = {
+            # With the seed and the requested counts, images.split redraws both sets
+            # (make bench calibrates its peers on exactly these images).
             "calibration": {"folder": str(config.calibration_dir), "images": len(calibration),
                             "sha256": calibration.digest(),
-                            "skipped": len(everything.skipped)},
-            "held_out": {"images": len(held_out), "sha256": held_out.digest()},
+                            "skipped": len(everything.skipped),
+                            "samples_requested": config.calibration_samples,
+                            "seed": config.seed},
+            "held_out": {"images": len(held_out), "sha256": held_out.digest(),
+                         "samples_requested": config.held_out_samples},
         }
         skipped = {os.path.relpath(p, config.calibration_dir): why
                    for p, why in everything.skipped.items()}

@@ -1,0 +1,224 @@
+"""`make bench`: latency, memory, size and drift of every variant of a quantize run, the
+float Keras model and the peers (ONNX Runtime, OpenVINO), on this machine, in one run.
+
+    python -m benchmarks --run artifacts --threads 1,2 [--eval DIR] [--name NAME]
+
+Writes benchmarks/results/<name>.json, .md and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from build.keras_env import keras  # noqa: F401  (Keras 2 before TensorFlow loads)
+from benchmarks import latency, machine, memory, peak, peers, report
+from benchmarks.candidates import Spec, model_bytes, open_candidate
+from build import float_model
+from quantize import drift, images, pool_islands
+from quantize.images import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+REFERENCE = "float32"                 # ratios are to the float32 TFLite model of the run
+ALL_INTEGER = "int8 (all-integer)"    # the converter's int8 graph, before pool_islands
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="artifacts", help="output folder of make quantize")
+    p.add_argument("--name", help="results name (default: <arch>-<input size>)")
+    p.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
+    p.add_argument("--runs", type=int, default=30, help="timed rounds per thread count")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--eval", help="labelled folder: top-1 of every candidate")
+    p.add_argument("--eval-samples", type=int, default=500,
+                   help="seeded random subset of --eval (0: all)")
+    p.add_argument("--peers", default="onnxruntime,openvino", help="or none")
+    p.add_argument("--no-splits", action="store_true",
+                   help="skip pricing each XNNPACK split of the all-integer int8 graph")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--work", help="folder for exported peers, graphs and per-thread files "
+                                  "(default: <run>/bench; reused while they are current)")
+    return p.parse_args(argv)
+
+
+def parse_threads(text: str) -> list[int]:
+    threads = [int(t) for t in text.replace(",", " ").split()]
+    if not threads or min(threads) < 1:
+        raise ValueError(f"THREADS={text!r}: give thread counts such as 1,2.")
+    return threads
+
+
+def our_candidates(run: Path, manifest: dict, work: Path, splits: bool
+                   ) -> tuple[list[Spec], list[Spec], list[dict]]:
+    """Every variant file of the run, the all-integer int8 graph, and one graph per split."""
+    specs = [Spec(name, "tflite", str(run / entry["file"]), "ours", name)
+             for name, entry in manifest["variants"].items()]
+    split_specs, split_info = [], []
+    if "int8" in manifest["variants"]:
+        cpu = (run / manifest["variants"]["int8"]["file"]).read_bytes()
+        integer = pool_islands.integer_pools(cpu)
+        pools = pool_islands.integer_pools_of(integer)
+        if pools and integer != cpu:
+            path = work / "inception_v3_int8_all_integer.tflite"
+            path.write_bytes(integer)
+            specs.append(Spec(ALL_INTEGER, "tflite", str(path), "ours", "int8"))
+        if splits and pools:
+            from quantize.edgetpu import read_ops
+            ops = read_ops(integer)
+            (work / "splits").mkdir(exist_ok=True)
+            for k, index in enumerate(pools):
+                path = work / "splits" / f"int8_pool{k}_integer.tflite"
+                path.write_bytes(pool_islands.float_pools(integer, keep=(k,)))
+                split_specs.append(Spec(f"split {k}", "tflite", str(path), "splits", "int8"))
+                op = ops[index]
+                split_info.append({"pool": k, "input": op.inputs[0].name,
+                                   "shape": op.inputs[0].shape,
+                                   "output_shape": op.outputs[0].shape})
+    return specs, split_specs, split_info
+
+
+def calibration_images(manifest: dict, size: tuple[int, int]) -> images.ImageSet:
+    """The images the run's int8 variant was calibrated on (checked by digest)."""
+    cal, held = manifest["calibration"], manifest["held_out"]
+    everything = images.load_folder(cal["folder"], size, what="calibration")
+    calibration, _ = images.split(everything, cal.get("samples_requested", cal["images"]),
+                                  held.get("samples_requested", 100), cal.get("seed", 0))
+    if calibration.digest() != cal["sha256"]:
+        raise DataError(f"The calibration images in {cal['folder']} are not the ones the run "
+                        "was calibrated on (the folder changed); run make quantize again.")
+    return calibration
+
+
+def drift_images(manifest: dict, card: dict, size, eval_dir: str | None,
+                 samples: int) -> tuple[images.ImageSet, str]:
+    if eval_dir:
+        labelled = images.load_labelled(eval_dir, size, card.get("labels"),
+                                        card["num_classes"])
+        if samples and len(labelled) > samples:
+            order = np.random.default_rng(0).permutation(len(labelled))[:samples]
+            labelled = labelled.subset(np.sort(order))
+        return labelled, f"{len(labelled)} labelled images from {eval_dir}"
+    cal, held = manifest["calibration"], manifest["held_out"]
+    everything = images.load_folder(cal["folder"], size, what="calibration")
+    _, held_out = images.split(everything, cal.get("samples_requested", cal["images"]),
+                               held.get("samples_requested", 100), cal.get("seed", 0))
+    return held_out, (f"{len(held_out)} held-out images of {cal['folder']} (never used "
+                      "for calibration)")
+
+
+def measure_drift(specs: list[Spec], model, pixels: np.ndarray, labels, threads: int
+                  ) -> dict[str, dict]:
+    reference = drift.keras_logits(model, pixels)
+    found = {}
+    for spec in specs:
+        print(f"[drift] {spec.name}", flush=True)
+        candidate = open_candidate(spec, threads)
+        logits = np.stack([candidate.invoke(candidate.tensor(p)) for p in pixels])
+        result = drift.compare(reference, logits, labels)
+        result.pop("flipped", None)
+        found[spec.name] = result
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return _bench(args, argv if argv is not None else sys.argv[1:])
+    except (ValueError, DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _bench(args, argv: list[str]) -> int:
+    threads = parse_threads(args.threads)
+    run = Path(args.run)
+    manifest_path = run / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"No quantize run in {run} (no manifest.json); run `make "
+                                f"quantize OUT={run}` first, or give RUN=<its OUT>.")
+    manifest = json.loads(manifest_path.read_text())
+    float_dir = Path(manifest["float_model"]["folder"])
+    model, card = float_model.load(float_dir)
+    size = tuple(card["input_size"])
+    name = args.name or f"{machine.describe()['architecture']}-{size[0]}"
+    out = Path(args.out)
+    work = Path(args.work) if args.work else run / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+
+    ours, split_specs, split_info = our_candidates(run, manifest, work, not args.no_splits)
+    if REFERENCE not in manifest["variants"]:
+        raise ValueError("make bench reports ratios to the float32 TFLite model: the run "
+                         "needs the float32 variant (VARIANTS= empty, or with float32).")
+    keras_spec = Spec("keras float32 (tf.function)", "keras", str(float_dir), "keras",
+                      "float32")
+    wanted_peers = [] if args.peers.strip() in ("", "none") else \
+        [p for p in args.peers.replace(",", " ").split()]
+    unknown = set(wanted_peers) - set(peers.PEER_PACKAGES)
+    if unknown:
+        raise ValueError(f"Unknown peer(s) {', '.join(sorted(unknown))}; choose from "
+                         f"{', '.join(peers.PEER_PACKAGES)} or none.")
+    calibration = calibration_images(manifest, size)
+    from runtime import preprocessing
+    normalized = np.stack([preprocessing.normalize(p) for p in calibration.pixels])
+    peer_specs, peer_notes = peers.prepare(float_dir, manifest["float_model"]["sha256"],
+                                           normalized, calibration.digest(), work / "peers",
+                                           wanted_peers)
+    peak_specs = peak.build_models(work / "peak")
+    main_specs = ours + [keras_spec] + peer_specs
+    everything = main_specs + peak_specs + split_specs
+
+    latencies = {t: latency.measure(everything, t, args.runs, args.warmup, work)
+                 for t in threads}
+    print("[memory] one fresh process per candidate", flush=True)
+    memories = {s.name: memory.measure(s, threads[0]) for s in main_specs}
+    pixels, drift_source = drift_images(manifest, card, size, args.eval, args.eval_samples)
+    drifts = measure_drift([s for s in main_specs if s is not keras_spec], model,
+                           pixels.pixels, pixels.labels, max(threads))
+
+    macs = float_model.multiply_adds(float_model.logits_model(model))
+    results = {
+        "name": name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "benchmarks", *argv]),
+        "quantize_command": report.quantize_command(manifest, run),
+        "machine": machine.describe(),
+        "versions": machine.versions(),
+        "model": {"input_size": list(size), "depth_multiplier": card["depth_multiplier"],
+                  "num_classes": card["num_classes"], "weights": card["weights"]["source"],
+                  "multiply_adds": macs, "run": str(run)},
+        "settings": {"threads": threads, "runs": args.runs, "warmup": args.warmup,
+                     "memory_threads": threads[0], "drift_images": drift_source},
+        "peers": peer_notes,
+        "candidates": {s.name: {"kind": s.kind, "family": s.family,
+                                "precision": s.precision, "file": s.path,
+                                "bytes": model_bytes(s), "options": s.options,
+                                "memory": memories[s.name], "drift": drifts.get(s.name),
+                                "latency": {str(t): latencies[t][s.name] for t in threads}}
+                       for s in main_specs},
+        "peak": {str(t): {s.precision: {"p50_ms": latencies[t][s.name]["p50_ms"],
+                                        "gmacs": round(peak.gmacs(peak.MULTIPLY_ADDS,
+                                                       latencies[t][s.name]["p50_ms"]), 1)}
+                          for s in peak_specs} for t in threads},
+        "peak_model": {"layers": peak.LAYERS, "size": peak.SIZE, "channels": peak.CHANNELS,
+                       "multiply_adds": peak.MULTIPLY_ADDS},
+        "splits": {"pools": split_info,
+                   "latency": {str(t): {s.name: latencies[t][s.name] for s in split_specs}
+                               for t in threads}},
+    }
+    report.derive(results)
+    paths = report.write(results, out)
+    print(report.headline(results))
+    print("Wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

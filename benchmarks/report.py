@@ -1,0 +1,231 @@
+"""Bench results: derived ratios, the JSON, the Markdown and the chart."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MB = 1e6
+INT8_PEAK = {"int8", "uint8", "qat", "dynamic"}   # int8 GEMMs (dynamic: qd8 x int8)
+FLOAT_PEAK = {"float32", "float16"}                 # float16 weights run as float32
+TARGET_SPEEDUP = 3.5                                # issue 6: int8 vs float32, one thread
+COLOURS = {"ours": "tab:blue", "keras": "tab:gray", "onnxruntime": "tab:orange",
+           "openvino": "tab:purple"}
+
+
+def quantize_command(manifest: dict, run: Path) -> str:
+    fm = manifest["float_model"]
+    h, w = fm["input_size"]
+    size = h if h == w else f"{h}x{w}"
+    return (f"make quantize WEIGHTS={fm['weights']['source']} INPUT_SIZE={size} "
+            f"DEPTH_MULTIPLIER={fm['depth_multiplier']} NUM_CLASSES={fm['num_classes']} "
+            f"CALIB={manifest['calibration']['folder']} OUT={run}")
+
+
+def _peak_for(precision: str) -> str | None:
+    return "int8" if precision in INT8_PEAK else "float32" if precision in FLOAT_PEAK \
+        else None
+
+
+def derive(results: dict) -> None:
+    """Ratios to float32 TFLite, share of peak, split costs and the verdicts, in place."""
+    macs = results["model"]["multiply_adds"]
+    candidates = results["candidates"]
+    for t in map(str, results["settings"]["threads"]):
+        reference = candidates["float32"]["latency"][t]["p50_ms"]
+        for entry in candidates.values():
+            figures = entry["latency"][t]
+            figures["speedup_vs_float32"] = round(reference / figures["p50_ms"], 2)
+            figures["gmacs"] = round(macs / (figures["p50_ms"] / 1000) / 1e9, 1)
+            peak = results["peak"][t].get(_peak_for(entry["precision"]) or "")
+            figures["percent_of_peak"] = None if peak is None else \
+                round(100 * figures["gmacs"] / peak["gmacs"], 1)
+        split_latency = results["splits"]["latency"].get(t, {})
+        islands = candidates.get("int8", {}).get("latency", {}).get(t, {}).get("p50_ms")
+        for pool in results["splits"]["pools"]:
+            entry = split_latency.get(f"split {pool['pool']}")
+            if entry and islands:
+                pool.setdefault("cost_ms", {})[t] = round(entry["p50_ms"] - islands, 2)
+    results["verdicts"] = verdicts(results)
+
+
+def verdicts(results: dict) -> list[dict]:
+    """The issue's targets, each with the measured figure and whether it was met."""
+    candidates = results["candidates"]
+    if "int8" not in candidates:
+        return []
+    found = []
+    one = "1" if "1" in candidates["int8"]["latency"] else None
+    if one:
+        speedup = candidates["int8"]["latency"][one]["speedup_vs_float32"]
+        found.append({"target": f"int8 at least {TARGET_SPEEDUP}x faster than float32 "
+                                "TFLite at 1 thread",
+                      "measured": f"{speedup:.2f}x", "met": speedup >= TARGET_SPEEDUP})
+    for name, entry in candidates.items():
+        if entry["family"] in ("onnxruntime", "openvino") and entry["precision"] == "int8":
+            for t, figures in entry["latency"].items():
+                ours = candidates["int8"]["latency"][t]["p50_ms"]
+                ratio = figures["p50_ms"] / ours
+                found.append({"target": f"int8 faster than {name} at {t} thread(s)",
+                              "measured": f"{name} {figures['p50_ms']:.1f} ms vs ours "
+                                          f"{ours:.1f} ms ({ratio:.2f}x)",
+                              "met": ratio > 1})
+    return found
+
+
+def headline(results: dict) -> str:
+    lines = [f"Benchmark {results['name']}: InceptionV3 "
+             f"{'x'.join(map(str, results['model']['input_size']))}, "
+             f"{results['machine']['cpu_model']}"]
+    for v in results["verdicts"]:
+        lines.append(f"  [{'met' if v['met'] else 'NOT met'}] {v['target']}: {v['measured']}")
+    return "\n".join(lines)
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def _fmt(value, spec: str = ".1f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def markdown(results: dict) -> str:
+    m, model = results["machine"], results["model"]
+    threads = list(map(str, results["settings"]["threads"]))
+    candidates = results["candidates"]
+    parts = [f"# Benchmark: {results['name']}", "",
+             f"InceptionV3 {'x'.join(map(str, model['input_size']))}, depth multiplier "
+             f"{model['depth_multiplier']}, {model['num_classes']} classes, weights "
+             f"`{model['weights']}`, {model['multiply_adds'] / 1e9:.2f} G multiply-adds. "
+             f"Measured {results['created']}.", "",
+             f"- CPU: {m['cpu_model']} ({m['architecture']}), {m['usable_cpus']} usable "
+             f"cores, {m['memory_gb']} GiB; kernel-relevant flags: "
+             f"{', '.join(m['kernel_flags']) or 'none'}",
+             f"- OS: {m['os']}, Python {m['python']}",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+             f"- Commands: `{results['quantize_command']}` then `{results['command']}`",
+             f"- Method: every candidate loaded in one process per thread count, "
+             f"{results['settings']['warmup']} warm-up runs, then "
+             f"{results['settings']['runs']} interleaved rounds (A B C ... A B C ...); p50 "
+             "and p90 of single-image latency. Ratios are to the float32 TFLite model "
+             "measured in the same rounds. Memory and start-up: a fresh process per "
+             f"candidate at {results['settings']['memory_threads']} thread(s). Drift: "
+             f"{results['settings']['drift_images']}, against the float Keras model.", ""]
+    parts += ["## Targets", ""]
+    parts += [f"- **{'met' if v['met'] else 'not met'}**: {v['target']}: {v['measured']}"
+              for v in results["verdicts"]] or ["- no int8 variant in this run"]
+    parts.append("")
+    for t in threads:
+        peak = results["peak"][t]
+        parts += [f"## Latency, {t} thread(s)", "",
+                  f"Peak of this runtime here (1x1-convolution model, same loop): float32 "
+                  f"{peak['float32']['gmacs']} GMAC/s, int8 {peak['int8']['gmacs']} GMAC/s.",
+                  ""]
+        rows = []
+        for name, e in sorted(candidates.items(),
+                              key=lambda kv: kv[1]["latency"][t]["p50_ms"]):
+            f = e["latency"][t]
+            rows.append([f"`{name}`", e["family"], f"{e['bytes'] / MB:.1f}",
+                         f"{f['p50_ms']:.1f}", f"{f['p90_ms']:.1f}",
+                         f"{f['speedup_vs_float32']:.2f}x", f"{f['gmacs']:.0f}",
+                         _fmt(f["percent_of_peak"], ".0f") +
+                         ("%" if f["percent_of_peak"] is not None else ""),
+                         f"{f['cpu_per_wall']:.2f}"])
+        parts += _table(["candidate", "family", "size MB", "p50 ms", "p90 ms",
+                         "vs float32 TFLite", "GMAC/s", "% of peak", "CPU/wall"], rows)
+        parts.append("")
+    parts += ["## Start-up and memory", "",
+              "Peak resident memory of a process that loads the model and runs it three "
+              "times; the import column is what the framework took before any model.", ""]
+    parts += _table(["candidate", "init ms", "first run ms", "peak RSS MB", "import RSS MB"],
+                    [[f"`{n}`", _fmt(e["memory"]["init_ms"]),
+                      _fmt(e["memory"]["first_invoke_ms"]), _fmt(e["memory"]["peak_rss_mb"], ".0f"),
+                      _fmt(e["memory"]["import_rss_mb"], ".0f")]
+                     for n, e in candidates.items()])
+    parts.append("")
+    with_labels = any(e["drift"] and "quantized_top1" in e["drift"]
+                      for e in candidates.values())
+    head = ["candidate", "top-1 agree", "top-5 overlap", "cosine", "SQNR dB"]
+    if with_labels:
+        head += ["top-1 acc", "float top-1", "change (pts)"]
+    rows = []
+    for n, e in candidates.items():
+        d = e["drift"]
+        if not d:
+            continue
+        row = [f"`{n}`", f"{100 * d['top1_agreement']:.1f}%",
+               f"{100 * d['top5_overlap']:.1f}%", f"{d['cosine_similarity']:.4f}",
+               _fmt(d["sqnr_db"])]
+        if with_labels:
+            row += [f"{100 * d['quantized_top1']:.1f}%", f"{100 * d['float_top1']:.1f}%",
+                    f"{d['top1_change_points']:+.2f}"]
+        rows.append(row)
+    parts += ["## Drift against the float Keras model", "",
+              f"On {results['settings']['drift_images']}.", "", *_table(head, rows), ""]
+    pools = results["splits"]["pools"]
+    if pools and any("cost_ms" in p for p in pools):
+        parts += ["## What each XNNPACK split costs", "",
+                  "The converter's all-integer int8 graph leaves every int8 AVERAGE_POOL_2D "
+                  "to LiteRT's built-in kernel, cutting XNNPACK's graph into pieces. Each row "
+                  "is the int8 model with only that pool left integer, minus the int8 model "
+                  "with none (all pools as float islands), same rounds.", ""]
+        rows = [[p["pool"], f"`{p['input']}`", "x".join(map(str, p["shape"][1:])),
+                 *[_fmt(p.get("cost_ms", {}).get(t), ".2f") for t in threads]]
+                for p in pools]
+        total = [sum(p.get("cost_ms", {}).get(t, 0) for p in pools) for t in threads]
+        rows.append(["all", "", "", *[f"{x:.2f}" for x in total]])
+        parts += _table(["pool", "input", "shape", *[f"ms at {t} thread(s)" for t in threads]],
+                        rows)
+        parts.append("")
+    notes = {k: v for k, v in results["peers"].items() if k != "conversion"}
+    if notes:
+        parts += ["## Peers", "", *[f"- {k}: {v}" for k, v in notes.items()], ""]
+    return "\n".join(parts) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    """Latency against size, and latency against drift, one point per candidate."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = str(results["settings"]["threads"][0])
+    candidates = results["candidates"]
+    labelled = any(e["drift"] and "quantized_top1" in e["drift"] for e in candidates.values())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for name, e in candidates.items():
+        colour = COLOURS.get(e["family"], "black")
+        p50 = e["latency"][t]["p50_ms"]
+        left.scatter(e["bytes"] / MB, p50, color=colour)
+        left.annotate(name, (e["bytes"] / MB, p50), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+        d = e["drift"]
+        if d:
+            x = d["top1_change_points"] if labelled else 100 * d["top1_agreement"]
+            right.scatter(x, p50, color=colour)
+            right.annotate(name, (x, p50), fontsize=7, xytext=(3, 3),
+                           textcoords="offset points")
+    left.set(xlabel="model size (MB)", ylabel=f"p50 latency at {t} thread(s) (ms)",
+             title="Latency against size", xscale="log", yscale="log")
+    right.set(xlabel="top-1 change vs float (points)" if labelled else
+              "top-1 agreement with float (%)", ylabel=f"p50 latency at {t} thread(s) (ms)",
+              title="Latency against drift", yscale="log")
+    for family, colour in COLOURS.items():
+        left.scatter([], [], color=colour, label=family)
+    left.legend(loc="lower right", fontsize=8)
+    for axis in (left, right):
+        axis.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"InceptionV3 {'x'.join(map(str, results['model']['input_size']))} on "
+                 f"{results['machine']['cpu_model']}, {results['name']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{results['name']}.{ext}" for ext in ("json", "md", "png")]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    paths[1].write_text(markdown(results))
+    chart(results, paths[2])
+    return paths

@@ -1,0 +1,110 @@
+"""make bench: every candidate measured, ratios to float32, peers or a note, a real chart."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import peers, report
+from benchmarks.__main__ import ALL_INTEGER, main
+from benchmarks.candidates import Spec, open_candidate
+from quantize import variants
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_run, tmp_path_factory):
+    """One bench of the tiny run, with whichever peers are installed (CI installs them)."""
+    run, _ = tiny_run
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["--run", str(run), "--threads", "1", "--runs", "3", "--warmup", "1",
+                 "--name", "tiny", "--out", str(out), "--work", str(out / "work")])
+    assert code == 0
+    return out, json.loads((out / "tiny.json").read_text())
+
+
+@pytest.mark.slow
+def test_bench_writes_json_markdown_and_a_real_chart(bench):
+    out, results = bench
+    chart = Image.open(out / "tiny.png")
+    assert chart.format == "PNG" and chart.size[0] > 800
+    # Not a blank canvas: points and text in several colours.
+    assert len(np.unique(np.asarray(chart.convert("RGB")).reshape(-1, 3), axis=0)) > 50
+    markdown = (out / "tiny.md").read_text()
+    for name in results["candidates"]:
+        assert f"`{name}`" in markdown
+    assert "## What each XNNPACK split costs" in markdown
+
+
+@pytest.mark.slow
+def test_every_candidate_has_latency_memory_and_drift(bench):
+    _, results = bench
+    candidates = results["candidates"]
+    assert set(variants.POST_TRAINING) | {ALL_INTEGER, "keras float32 (tf.function)"} \
+        <= set(candidates)
+    for name, entry in candidates.items():
+        figures = entry["latency"]["1"]
+        assert figures["runs"] == 3 and 0 < figures["p50_ms"] <= figures["p90_ms"], name
+        assert entry["memory"]["peak_rss_mb"] > entry["memory"]["import_rss_mb"] > 0, name
+        assert entry["bytes"] > 0
+        if entry["family"] != "keras":
+            assert 0 <= entry["drift"]["top1_agreement"] <= 1, name
+    assert candidates["float32"]["latency"]["1"]["speedup_vs_float32"] == 1.0
+    # The device runtime's process holds no TensorFlow: far below the Keras process.
+    assert candidates["int8"]["memory"]["peak_rss_mb"] < \
+        candidates["keras float32 (tf.function)"]["memory"]["peak_rss_mb"] / 3
+    assert candidates["int8"]["latency"]["1"]["percent_of_peak"] > 0
+    assert results["peak"]["1"]["int8"]["gmacs"] > 0
+    assert len(results["splits"]["pools"]) == 10
+    assert all("1" in p["cost_ms"] for p in results["splits"]["pools"])
+
+
+@pytest.mark.slow
+def test_peers_are_measured_or_skipped_with_a_note(bench):
+    _, results = bench
+    for peer in peers.PEER_PACKAGES:
+        missing = peers.missing_packages(peer)
+        names = [n for n, e in results["candidates"].items() if e["family"] == peer]
+        if missing:
+            assert not names and "skipped" in results["peers"][peer]
+        else:
+            assert {f"{peer} float32", f"{peer} int8"} <= set(names)
+            int8 = results["candidates"][f"{peer} int8"]
+            # Calibrated on the same images: it agrees with float like ours does.
+            assert int8["drift"]["cosine_similarity"] > 0.95
+
+
+def test_missing_peer_is_a_note_not_an_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(peers, "missing_packages", lambda peer: ["openvino"])
+    specs, notes = peers.prepare(tmp_path, {}, np.zeros((1, 8, 8, 3), np.float32), "x",
+                                 tmp_path / "peers", ["openvino"])
+    assert specs == [] and "skipped: openvino not installed" in notes["openvino"]
+    assert "make setup-peers" in notes["openvino"]
+
+
+def test_bench_without_a_run_says_what_to_do(tmp_path, capsys):
+    assert main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert "make quantize" in capsys.readouterr().err
+
+
+def test_verdicts_compare_int8_with_float32_and_peer_int8():
+    def entry(family, precision, p50):
+        return {"family": family, "precision": precision,
+                "latency": {"1": {"p50_ms": p50, "speedup_vs_float32": 100 / p50}}}
+    results = {"candidates": {"float32": entry("ours", "float32", 100),
+                              "int8": entry("ours", "int8", 25),
+                              "openvino int8": entry("openvino", "int8", 20)}}
+    found = {v["target"]: v["met"] for v in report.verdicts(results)}
+    assert found == {"int8 at least 3.5x faster than float32 TFLite at 1 thread": True,
+                     "int8 faster than openvino int8 at 1 thread(s)": False}
+
+
+def test_every_kind_opens_to_the_same_calls(tiny_run):
+    run, _ = tiny_run
+    spec = Spec("int8", "tflite", str(run / "inception_v3_int8.tflite"), "ours", "int8")
+    candidate = open_candidate(spec, 1)
+    logits = candidate.invoke(candidate.tensor(np.zeros((*candidate.size, 3), np.uint8)))
+    assert logits.shape == (1000,) and logits.dtype == np.float32
+    with pytest.raises(ValueError, match="Unknown candidate kind"):
+        open_candidate(Spec("x", "caffe", "x", "ours", "int8"), 1)
