@@ -26,7 +26,7 @@ from quantize.images import DataError
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REFERENCE = "float32"                 # ratios are to the float32 TFLite model of the run
-ALL_INTEGER = "int8 (all-integer)"    # the converter's int8 graph, before pool_islands
+ALL_INTEGER = report.ALL_INTEGER
 
 
 def parse_args(argv):

@@ -96,6 +96,22 @@ def quantize_openvino(float_onnx: Path, calibration: np.ndarray, out_float: Path
     return cost
 
 
+def openvino_kernels(xml: str, threads: int, options: dict | None = None) -> dict[str, int]:
+    """Which oneDNN primitives OpenVINO picked for the convolutions (e.g. AMX or VNNI
+    int8): the evidence for why it is as fast as it is on this CPU."""
+    import collections
+
+    import openvino as ov
+    compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                    **(options or {})})
+    found: collections.Counter = collections.Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            found[info["primitiveType"].astype(str)] += 1
+    return dict(found.most_common())
+
+
 def _openvino_uses_bf16() -> bool:
     """OpenVINO's CPU plugin picks bf16 for float models where the CPU has it."""
     import openvino as ov
@@ -147,6 +163,8 @@ def prepare(float_dir: Path, float_sha: dict, calibration: np.ndarray, calibrati
         if _openvino_uses_bf16():
             specs.append(Spec("openvino float (bf16)", "openvino", str(ov_float),
                               "openvino", "bf16"))
+        notes["openvino_kernels"] = {s.name: openvino_kernels(s.path, 1, s.options)
+                                     for s in specs if s.kind == "openvino"}
     stamp.write_text(json.dumps({"key": key, "costs": costs}, indent=2))
     for peer in available:
         notes[peer] = "measured"
