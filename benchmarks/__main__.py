@@ -85,33 +85,29 @@ def our_candidates(run: Path, manifest: dict, work: Path, splits: bool
     return specs, split_specs, split_info
 
 
-def calibration_images(manifest: dict, size: tuple[int, int]) -> images.ImageSet:
-    """The images the run's int8 variant was calibrated on (checked by digest)."""
+def run_images(manifest: dict, size: tuple[int, int]
+               ) -> tuple[images.ImageSet, images.ImageSet]:
+    """The run's calibration and held-out images, drawn again as make quantize drew them
+    (the peers calibrate on exactly ours: checked by digest)."""
     cal, held = manifest["calibration"], manifest["held_out"]
     everything = images.load_folder(cal["folder"], size, what="calibration")
-    calibration, _ = images.split(everything, cal.get("samples_requested", cal["images"]),
-                                  held.get("samples_requested", 100), cal.get("seed", 0))
+    calibration, held_out = images.split(
+        everything, cal.get("samples_requested", cal["images"]),
+        held.get("samples_requested", 100), cal.get("seed", 0))
     if calibration.digest() != cal["sha256"]:
         raise DataError(f"The calibration images in {cal['folder']} are not the ones the run "
                         "was calibrated on (the folder changed); run make quantize again.")
-    return calibration
+    return calibration, held_out
 
 
-def drift_images(manifest: dict, card: dict, size, eval_dir: str | None,
-                 samples: int) -> tuple[images.ImageSet, str]:
-    if eval_dir:
-        labelled = images.load_labelled(eval_dir, size, card.get("labels"),
-                                        card["num_classes"])
-        if samples and len(labelled) > samples:
-            order = np.random.default_rng(0).permutation(len(labelled))[:samples]
-            labelled = labelled.subset(np.sort(order))
-        return labelled, f"{len(labelled)} labelled images from {eval_dir}"
-    cal, held = manifest["calibration"], manifest["held_out"]
-    everything = images.load_folder(cal["folder"], size, what="calibration")
-    _, held_out = images.split(everything, cal.get("samples_requested", cal["images"]),
-                               held.get("samples_requested", 100), cal.get("seed", 0))
-    return held_out, (f"{len(held_out)} held-out images of {cal['folder']} (never used "
-                      "for calibration)")
+def eval_images(card: dict, size: tuple[int, int], eval_dir: str, samples: int
+                ) -> images.ImageSet:
+    """A seeded sample of the labelled folder, every class in its share."""
+    labelled = images.load_labelled(eval_dir, size, card.get("labels"), card["num_classes"])
+    if samples and len(labelled) > samples:
+        order = np.random.default_rng(0).permutation(len(labelled))[:samples]
+        labelled = labelled.subset(np.sort(order))
+    return labelled
 
 
 def measure_drift(specs: list[Spec], model, pixels: np.ndarray, labels, threads: int
@@ -165,7 +161,7 @@ def _bench(args, argv: list[str]) -> int:
     if unknown:
         raise ValueError(f"Unknown peer(s) {', '.join(sorted(unknown))}; choose from "
                          f"{', '.join(peers.PEER_PACKAGES)} or none.")
-    calibration = calibration_images(manifest, size)
+    calibration, held_out = run_images(manifest, size)
     from runtime import preprocessing
     normalized = np.stack([preprocessing.normalize(p) for p in calibration.pixels])
     peer_specs, peer_notes = peers.prepare(float_dir, manifest["float_model"]["sha256"],
@@ -179,9 +175,15 @@ def _bench(args, argv: list[str]) -> int:
                  for t in threads}
     print("[memory] one fresh process per candidate", flush=True)
     memories = {s.name: memory.measure(s, threads[0]) for s in main_specs}
-    pixels, drift_source = drift_images(manifest, card, size, args.eval, args.eval_samples)
+    if args.eval:
+        drift_set = eval_images(card, size, args.eval, args.eval_samples)
+        drift_source = f"{len(drift_set)} labelled images from {args.eval}"
+    else:
+        drift_set = held_out
+        drift_source = (f"{len(held_out)} held-out images of "
+                        f"{manifest['calibration']['folder']} (never used for calibration)")
     drifts = measure_drift([s for s in main_specs if s is not keras_spec], model,
-                           pixels.pixels, pixels.labels, max(threads))
+                           drift_set.pixels, drift_set.labels, max(threads))
 
     macs = float_model.multiply_adds(float_model.logits_model(model))
     results = {

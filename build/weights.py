@@ -111,10 +111,15 @@ def _h5_root(f: h5py.File) -> h5py.Group:
     return f["model_weights"] if "model_weights" in f else f
 
 
+def short_name(weight_name: str) -> str:
+    """`kernel` of `Mixed_5b/Branch_0/Conv2d_0a_1x1/kernel:0`: how layers name weights."""
+    return weight_name.split("/")[-1].split(":")[0]
+
+
 def _h5_layer_weights(group: h5py.Group) -> dict[str, np.ndarray]:
     """A layer's weights by short name (`kernel`, `beta`, ...)."""
     names = group.attrs.get("weight_names", [])
-    return {str(n).split("/")[-1].split(":")[0]: np.asarray(group[n]) for n in
+    return {short_name(str(n)): np.asarray(group[n]) for n in
             (n.decode() if isinstance(n, bytes) else n for n in names)}
 
 
@@ -202,7 +207,7 @@ def assign_by_name(model: keras.Model, lookup: Callable[[str], np.ndarray | None
             continue
         values = []
         for weight in layer.weights:
-            short = weight.name.split("/")[-1].split(":")[0]
+            short = short_name(weight.name)
             value = lookup(name_of(f"{layer.name}/{short}"))
             if value is None:
                 missing.append(name_of(f"{layer.name}/{short}"))

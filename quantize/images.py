@@ -63,6 +63,16 @@ def read_pixels(path: str, size: tuple[int, int],
     return preprocessing.resize_pixels(path, size, central_fraction)
 
 
+def try_read(path: str, size: tuple[int, int],
+             central_fraction: float = preprocessing.CENTRAL_FRACTION
+             ) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, None) or (None, why it was skipped): the one read-and-skip step."""
+    try:
+        return read_pixels(path, size, central_fraction), None
+    except (preprocessing.ImageError, OSError, ValueError, SyntaxError) as error:
+        return None, str(error).replace(f"{path}: ", "")
+
+
 def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | None = None,
                 what: str = "calibration", labels_of=None,
                 central_fraction: float = preprocessing.CENTRAL_FRACTION) -> ImageSet:
@@ -83,11 +93,11 @@ def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | N
         if labels_of is not None and label is None:
             skipped[path] = "not in a class sub-folder"
             continue
-        try:
-            pixels.append(read_pixels(path, size, central_fraction))
-        except (preprocessing.ImageError, OSError, ValueError, SyntaxError) as error:
-            skipped[path] = str(error).replace(f"{path}: ", "")
+        image, why = try_read(path, size, central_fraction)
+        if image is None:
+            skipped[path] = why
             continue
+        pixels.append(image)
         paths.append(path)
         labels.append(label)
     if not paths:
@@ -176,7 +186,5 @@ def stream_labelled(folder: str | os.PathLike, size: tuple[int, int],
         label = mapping.get(Path(path).relative_to(root).parts[0])
         if label is None:
             continue
-        try:
-            yield path, read_pixels(path, size), label, None
-        except (preprocessing.ImageError, OSError, ValueError, SyntaxError) as error:
-            yield path, None, label, str(error)
+        pixels, why = try_read(path, size)
+        yield path, pixels, label, why

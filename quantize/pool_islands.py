@@ -7,8 +7,8 @@ pools in between on LiteRT's single-threaded built-in kernel; each hand-over cos
 millisecond at 299 x 299 (`make bench` measures it). Wrapping each pool as DEQUANTIZE ->
 float AVERAGE_POOL_2D -> QUANTIZE (same output scale and zero point) gives XNNPACK every
 op. It computes the same average, rounded once at the end instead of inside the integer
-kernel: outputs differ from the all-integer graph by a step or two of the output scale, and
-the drift report measures both against float.
+kernel: outputs differ from the all-integer graph by a step or two of the output scale.
+The drift report measures this graph against float; `make bench` measures both.
 
 The Edge TPU and integer-only accelerators want the all-integer graph, so the pipeline
 checks and compiles that one and writes this one for the CPU.

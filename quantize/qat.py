@@ -17,6 +17,7 @@ from build import float_model
 from build.inception_v3 import fold_batch_norm
 from build.keras_env import keras
 from build.train import TrainConfig, datasets, load_training_data
+from build.weights import short_name
 
 
 def quantization_aware(model: keras.Model, card: dict, data: str, val: str | None = None,
@@ -57,7 +58,7 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
     from runtime.preprocessing import normalize
     targets = {}
     for layer in qat.layers:
-        names = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        names = {short_name(w.name): w for w in layer.weights}
         if "output_min" in names and layer.name.startswith("quant_"):
             targets[layer.name[len("quant_"):]] = (names["output_min"], names["output_max"])
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in targets])
@@ -67,7 +68,7 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
         low.assign(min(float(np.min(values)), 0.0))
         high.assign(max(float(np.max(values)), 1e-6))
     for layer in qat.layers:  # the input quantizer: the preprocessing's range
-        names = {w.name.split("/")[-1].split(":")[0]: w for w in layer.weights}
+        names = {short_name(w.name): w for w in layer.weights}
         if "quantize_layer_min" in names:
             names["quantize_layer_min"].assign(-1.0)
             names["quantize_layer_max"].assign(1.0)

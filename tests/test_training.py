@@ -2,6 +2,7 @@
 images: scikit-learn's handwritten digits, upscaled to the smallest InceptionV3 input."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -124,3 +125,11 @@ def test_eval_streams_a_run_and_a_model(trained, digits, tmp_path):
                           "--data", str(digits / "eval")], cwd=ROOT, capture_output=True,
                          text=True)
     assert cli.returncode == 0 and "| int8 |" in cli.stdout
+    # The run's float model lives outside it (MODEL=): the bundle still finds its classes.
+    import tarfile
+    from quantize.bundle import make_bundle
+    archive = make_bundle(run / pipeline.model_file("int8"), tmp_path / "b.tar.gz")
+    with tarfile.open(archive) as tar:
+        labels = tar.extractfile("inception_v3_int8/labels.txt").read().decode()
+    card = json.loads((out / "model_card.json").read_text())
+    assert labels.splitlines() == card["labels"]
