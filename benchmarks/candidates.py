@@ -9,7 +9,6 @@ the runtime's alone (see memory.py).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,9 +16,6 @@ from typing import Callable
 import numpy as np
 
 from runtime import preprocessing
-
-KINDS = ("tflite", "tflite_tensor", "keras", "onnxruntime", "openvino")
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -83,9 +79,7 @@ def _open_keras(spec: Spec, threads: int) -> Loaded:
     from build import float_model
     from build.keras_env import tf
     model, card = float_model.load(spec.path)
-    graph = float_model.logits_model(model)
-    signature = [tf.TensorSpec([1, *graph.input_shape[1:]], tf.float32)]
-    function = tf.function(lambda x: graph(x, training=False), input_signature=signature)
+    function, _ = float_model.logits_function(model)
     return Loaded(lambda pixels: tf.constant(_normalized(pixels)),
                   lambda x: function(x).numpy().reshape(-1), tuple(card["input_size"]))
 
@@ -129,10 +123,6 @@ _OPENERS = {"tflite": _open_tflite, "tflite_tensor": _open_tflite_tensor,
 
 def open_candidate(spec: Spec, threads: int) -> Loaded:
     if spec.kind not in _OPENERS:
-        raise ValueError(f"Unknown candidate kind {spec.kind!r}; one of {', '.join(KINDS)}.")
+        raise ValueError(f"Unknown candidate kind {spec.kind!r}; one of "
+                         f"{', '.join(_OPENERS)}.")
     return _OPENERS[spec.kind](spec, threads)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1

@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.candidates import Spec, open_candidate, set_tf_threads
+from runtime.bench import percentile_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentiles_ms(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p90_ms": round(float(np.percentile(ms, 90)), 3),
-            "mean_ms": round(float(ms.mean()), 3), "runs": len(ms)}
+    return {"p50_ms": percentile_ms(seconds, 50), "p90_ms": percentile_ms(seconds, 90),
+            "mean_ms": round(float(np.mean(seconds)) * 1000, 3), "runs": len(seconds)}
 
 
 def interleaved(specs: list[Spec], threads: int, runs: int, warmup: int) -> dict[str, dict]:

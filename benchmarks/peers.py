@@ -47,11 +47,8 @@ def export_onnx(float_dir: Path, out: Path) -> dict:
     """The float Keras graph (logits, NHWC input) as ONNX, via tf2onnx."""
     import tf2onnx
     from build import float_model
-    from build.keras_env import tf
     model, _ = float_model.load(float_dir)
-    graph = float_model.logits_model(model)
-    signature = [tf.TensorSpec([1, *graph.input_shape[1:]], tf.float32, name=INPUT_NAME)]
-    function = tf.function(lambda x: graph(x, training=False), input_signature=signature)
+    function, signature = float_model.logits_function(model, INPUT_NAME)
     with measured() as cost:  # about 7 GB at 299 x 299
         tf2onnx.convert.from_function(function, input_signature=signature, opset=17,
                                       output_path=str(out))

@@ -153,6 +153,15 @@ def logits_model(model: keras.Model) -> keras.Model:
     return model
 
 
+def logits_function(model: keras.Model, input_name: str | None = None):
+    """The deployment graph as a batch-1 tf.function on normalised NHWC floats, with its
+    input signature: what the Keras baseline runs and what tf2onnx exports."""
+    graph = logits_model(model)
+    signature = [tf.TensorSpec([1, *graph.input_shape[1:]], tf.float32, name=input_name)]
+    return tf.function(lambda x: graph(x, training=False), input_signature=signature), \
+        signature
+
+
 def pixel_input_model(model: keras.Model) -> keras.Model:
     """`model` with the normalisation folded in front: it takes raw 0..255 pixels.
 
