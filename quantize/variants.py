@@ -19,7 +19,8 @@ class Variant:
     name: str
     description: str
     calibrated: bool = False        # needs representative images
-    full_integer: bool = False      # every op integer: an Edge TPU candidate
+    full_integer: bool = False      # converted all-integer: an Edge TPU candidate (the
+                                    # CPU file then gets float pool islands: pool_islands)
     pixel_input: bool = False       # takes raw 0..255 pixels (normalisation inside)
 
 
