@@ -66,11 +66,13 @@ def our_candidates(run: Path, manifest: dict, work: Path, splits: bool
         cpu = (run / manifest["variants"]["int8"]["file"]).read_bytes()
         integer = pool_islands.integer_pools(cpu)
         pools = pool_islands.integer_pools_of(integer)
-        if pools and integer != cpu:
+        islands = bool(pools) and integer != cpu
+        if islands:
             path = work / "inception_v3_int8_all_integer.tflite"
             path.write_bytes(integer)
             specs.append(Spec(ALL_INTEGER, "tflite", str(path), "ours", "int8"))
-        if splits and pools:
+        # A split's cost is measured against the island graph: only a run that has it.
+        if splits and islands:
             from quantize.edgetpu import read_ops
             ops = read_ops(integer)
             (work / "splits").mkdir(exist_ok=True)
@@ -144,7 +146,8 @@ def _bench(args, argv: list[str]) -> int:
     float_dir = Path(manifest["float_model"]["folder"])
     model, card = float_model.load(float_dir)
     size = tuple(card["input_size"])
-    name = args.name or f"{machine.describe()['architecture']}-{size[0]}"
+    this_machine = machine.describe()
+    name = args.name or f"{this_machine['architecture']}-{size[0]}"
     out = Path(args.out)
     work = Path(args.work) if args.work else run / "bench"
     work.mkdir(parents=True, exist_ok=True)
@@ -156,7 +159,7 @@ def _bench(args, argv: list[str]) -> int:
     keras_spec = Spec("keras float32 (tf.function)", "keras", str(float_dir), "keras",
                       "float32")
     wanted_peers = [] if args.peers.strip() in ("", "none") else \
-        [p for p in args.peers.replace(",", " ").split()]
+        args.peers.replace(",", " ").split()
     unknown = set(wanted_peers) - set(peers.PEER_PACKAGES)
     if unknown:
         raise ValueError(f"Unknown peer(s) {', '.join(sorted(unknown))}; choose from "
@@ -191,7 +194,7 @@ def _bench(args, argv: list[str]) -> int:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "benchmarks", *argv]),
         "quantize_command": report.quantize_command(manifest, run),
-        "machine": machine.describe(),
+        "machine": this_machine,
         "versions": machine.versions(),
         "model": {"input_size": list(size), "depth_multiplier": card["depth_multiplier"],
                   "num_classes": card["num_classes"], "weights": card["weights"]["source"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.peak import gmacs
+
 MB = 1e6
 INT8_PEAK = {"int8", "uint8", "qat", "dynamic"}   # int8 GEMMs (dynamic: qd8 x int8)
 FLOAT_PEAK = {"float32", "float16"}                 # float16 weights run as float32
@@ -36,7 +38,7 @@ def derive(results: dict) -> None:
         for entry in candidates.values():
             figures = entry["latency"][t]
             figures["speedup_vs_float32"] = round(reference / figures["p50_ms"], 2)
-            figures["gmacs"] = round(macs / (figures["p50_ms"] / 1000) / 1e9, 1)
+            figures["gmacs"] = round(gmacs(macs, figures["p50_ms"]), 1)
             # The peak is this runtime's: a share of it only means something for its own
             # models (peers can and do exceed it).
             peak = results["peak"][t].get(_peak_for(entry["precision"]) or "") \

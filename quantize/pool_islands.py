@@ -52,7 +52,10 @@ def _pack(model: schema.ModelT) -> bytes:
 
 def integer_pools_of(model: bytes) -> list[int]:
     """Indices (in execution order) of the int8 average pools XNNPACK leaves to LiteRT."""
-    m = _load(model)
+    return _integer_pools(_load(model))
+
+
+def _integer_pools(m: schema.ModelT) -> list[int]:
     graph = m.subgraphs[0]
     return [i for i, op in enumerate(graph.operators)
             if _code(m.operatorCodes[op.opcodeIndex]) == _OP.AVERAGE_POOL_2D
@@ -79,7 +82,7 @@ def float_pools(model: bytes, keep: tuple[int, ...] = ()) -> bytes:
         graph.tensors.append(twin)
         return len(graph.tensors) - 1
 
-    pools = set(integer_pools_of(model))
+    pools = set(_integer_pools(m))
     operators, pool_number = [], -1
     for index, op in enumerate(graph.operators):
         if index not in pools:
