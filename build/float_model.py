@@ -169,5 +169,6 @@ def pixel_input_model(model: keras.Model) -> keras.Model:
     so a device feeds resized camera pixels as they are.
     """
     inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
-    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")(inputs)
+    scaled = keras.layers.Rescaling(preprocessing.PIXEL_SCALE, offset=preprocessing.PIXEL_OFFSET,
+                                    name="normalize")(inputs)
     return keras.Model(inputs, logits_model(model)(scaled), name=f"{model.name}_pixels")

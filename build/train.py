@@ -21,7 +21,7 @@ from build import inception_v3 as net
 from build.keras_env import keras, tf
 from build.weights import load_weights
 from quantize import images
-from runtime.preprocessing import normalize
+from runtime.preprocessing import PIXEL_OFFSET, PIXELS_PER_UNIT, normalize
 
 AUX_LOSS_WEIGHT = 0.4
 TRAIN_CROP_MARGIN = 8 / 7  # images are read a little larger than the crop (1 / 0.875)
@@ -65,11 +65,12 @@ def _augment(size: tuple[int, int], min_crop_area: float, flip: bool):
             area_range=(min_crop_area, 1.0), max_attempts=20,
             use_image_if_no_bounding_boxes=True)
         crop = tf.slice(pixels, begin, extent)
-        image = tf.image.resize(tf.cast(crop, tf.float32), size, method="bilinear",
-                                antialias=True)
+        # The resize runtime.preprocessing does in numpy, as TF's own op (slim's too).
+        image = tf.compat.v1.image.resize_bilinear(tf.cast(crop, tf.float32)[tf.newaxis],
+                                                   size, align_corners=False)[0]
         if flip:
             image = tf.image.random_flip_left_right(image)
-        return image / 127.5 - 1.0, label  # runtime.preprocessing.normalize, in TF
+        return image / PIXELS_PER_UNIT + PIXEL_OFFSET, label  # preprocessing.normalize
     return augment
 
 
