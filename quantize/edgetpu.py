@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tensorflow.lite.python import schema_py_generated as schema
+from runtime import tflite_graph as tg
 
 # Coral's supported operations, by TFLite builtin name.
 SUPPORTED_OPS = {
@@ -29,9 +29,8 @@ SUPPORTED_OPS = {
 NO_FUSED_ACTIVATION = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION"}
 SOFTMAX_MAX_ELEMENTS = 16000
 
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items()
-               if not k.startswith("_")}
+_ACTIVATIONS = {v: k for k, v in vars(tg.schema.ActivationFunctionType).items()
+                if not k.startswith("_")}
 EIGHT_BIT = {"int8", "uint8"}
 
 
@@ -61,7 +60,7 @@ class Op:
 
 def read_ops(model: bytes) -> list[Op]:
     """The main subgraph's ops in execution order, with their tensors and options."""
-    m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    m = tg.load(model)
     graph = m.subgraphs[0]
 
     def tensor(i: int) -> Tensor:
@@ -70,24 +69,18 @@ def read_ops(model: bytes) -> list[Op]:
         constant = bool(buffer is not None and buffer.data is not None and len(buffer.data)) \
             or bool(buffer is not None and getattr(buffer, "size", 0))
         signature = list(t.shapeSignature) if t.shapeSignature is not None else []
-        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        return Tensor(name, _TYPE_NAMES.get(t.type, str(t.type)),
+        return Tensor(tg.tensor_name(t), tg.TYPE_NAMES.get(t.type, str(t.type)),
                       [int(d) for d in (t.shape if t.shape is not None else [])], constant,
                       any(d < 0 for d in signature))
 
     ops = []
     for index, op in enumerate(graph.operators):
-        code = m.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
-        if name == "CUSTOM":
-            name = f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
+        name = tg.op_name(m, op)
+        if tg.code(m, op) == tg.OP.CUSTOM:
+            name = f"CUSTOM:{name}"
         options = op.builtinOptions
         fused = getattr(options, "fusedActivationFunction", None)
-        fused_name = None
-        if fused:
-            fused_name = {v: k for k, v in vars(schema.ActivationFunctionType).items()
-                          if not k.startswith("_")}.get(fused, str(fused))
+        fused_name = _ACTIVATIONS.get(fused, str(fused)) if fused else None
         dilation = None
         if hasattr(options, "dilationHFactor"):
             dilation = (options.dilationHFactor, options.dilationWFactor)
