@@ -13,7 +13,7 @@ from pathlib import Path
 from build.keras_env import keras  # noqa: F401  (picks Keras 2 before TensorFlow loads)
 from build import float_model
 from build.weights import WEIGHT_CHOICES, WeightsError
-from quantize import pipeline, report, variants
+from quantize import pipeline, recipe, report, variants
 from quantize.images import DataError
 
 
@@ -28,6 +28,14 @@ def parse_args(argv):
     p.add_argument("--eval", help="labelled folder (one sub-folder per class)")
     p.add_argument("--eval-samples", type=int)
     p.add_argument("--max-top1-drop", type=float, help="points of top-1 a variant may lose")
+    p.add_argument("--min-agreement", type=float,
+                   help="percent of top-1 answers a variant must share with float (on "
+                        "--eval, else on the held-out images)")
+    p.add_argument("--int8-mode", choices=recipe.MODES, default="fast",
+                   help="fast: accuracy-first steps that cost no latency; fallback: also "
+                        "the worst layers in float until --fallback-target")
+    p.add_argument("--fallback-target", type=float, default=99.9,
+                   help="held-out top-1 agreement (percent) the fallback mode aims for")
     p.add_argument("--no-layer-errors", action="store_true")
     p.add_argument("--threads", type=int)
     p.add_argument("--integer-pools", action="store_true",
@@ -81,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             held_out_samples=args.held_out_samples,
             eval_dir=Path(args.eval) if args.eval else None, eval_samples=args.eval_samples,
             max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
-            num_threads=args.threads, float_pools=not args.integer_pools)
+            num_threads=args.threads, float_pools=not args.integer_pools,
+            min_agreement=args.min_agreement,
+            recipe=recipe.Recipe(mode=args.int8_mode,
+                                 fallback_target=args.fallback_target / 100))
         if config.max_top1_drop is not None and config.eval_dir is None:
             raise ValueError("MAX_TOP1_DROP needs EVAL=<labelled folder> to measure accuracy.")
         qat_model = None
@@ -105,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
           f"manifest.json to {config.out}")
     failed = result["gate"]["failed"]
     if failed:
-        print(f"error: over the top-1 budget of {config.max_top1_drop} points: "
-              f"{', '.join(failed)}", file=sys.stderr)
+        print(f"error: below the gate (MAX_TOP1_DROP={config.max_top1_drop}, MIN_AGREEMENT="
+              f"{config.min_agreement}): {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -38,6 +38,41 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-logits, axis=1, kind="stable")[:, :k]
 
 
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: int, n: int) -> list[float]:
+    """95 % Wilson score interval of a proportion (sound near 0 % and 100 %)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def paired_change_interval(gained: int, lost: int, n: int) -> list[float]:
+    """95 % interval of a paired accuracy change (points): images the quantized model
+    got right and float wrong (`gained`), and the reverse (`lost`)."""
+    if n == 0:
+        return [0.0, 0.0]
+    d = (gained - lost) / n
+    var = max((gained + lost) / n - d * d, 0.0) / n
+    return [float(100 * (d - Z95 * np.sqrt(var))), float(100 * (d + Z95 * np.sqrt(var)))]
+
+
+def flip_kind(candidate_row: np.ndarray, saturation: float | None) -> str:
+    """Why a top-1 flipped: `tie` (the candidate's two best classes on the same value,
+    one 8-bit output step), `saturated` (its best logit at the output's largest
+    representable value), else `other`."""
+    top_two = np.sort(candidate_row)[-2:]
+    if len(top_two) == 2 and top_two[0] == top_two[1]:
+        return "tie"
+    if saturation is not None and top_two[-1] >= saturation:
+        return "saturated"
+    return "other"
+
+
 class DriftAccumulator:
     """Running drift figures of candidate logits against reference logits.
 
@@ -45,8 +80,11 @@ class DriftAccumulator:
     memory does not grow with the number of images.
     """
 
-    def __init__(self, with_labels: bool = False):
+    def __init__(self, with_labels: bool = False, saturation: float | None = None):
         self.n = 0
+        self.saturation = saturation  # the candidate output's largest value, if capped
+        self.kinds = {"tie": 0, "saturated": 0, "other": 0}
+        self.gained = self.lost = 0
         self.agree = 0
         self.overlap = 0.0
         self.cosine = 0.0
@@ -71,6 +109,8 @@ class DriftAccumulator:
         cosine = np.where(norms > 0, np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-30), 1.0)
         same = top_ref[:, 0] == top_cand[:, 0]
         self.flipped += [self.n + int(i) for i in np.nonzero(~same)[0]]
+        for i in np.nonzero(~same)[0]:
+            self.kinds[flip_kind(candidate[i], self.saturation)] += 1
         self.n += len(ref)
         self.agree += int(np.sum(same))
         self.overlap += sum(len(set(a) & set(b)) / self.k for a, b in zip(top_ref, top_cand))
@@ -83,6 +123,9 @@ class DriftAccumulator:
             for name, top in (("float", top_ref), ("quantized", top_cand)):
                 self.correct[f"{name}_top1"] += int(np.sum(top[:, :1] == y))
                 self.correct[f"{name}_top5"] += int(np.sum(np.any(top == y, axis=1)))
+            float_right, quant_right = top_ref[:, 0] == y[:, 0], top_cand[:, 0] == y[:, 0]
+            self.gained += int(np.sum(quant_right & ~float_right))
+            self.lost += int(np.sum(float_right & ~quant_right))
 
     def result(self) -> dict:
         n = max(self.n, 1)
@@ -95,17 +138,25 @@ class DriftAccumulator:
             float(10 * np.log10(self.signal / self.noise)),
             "max_abs_error": self.max_abs,
             "flipped": list(self.flipped),
+            "flips": dict(self.kinds),
+            "top1_agreement_ci95": wilson_interval(self.agree, self.n),
+            "flips_ci95": [self.n * (1 - p) for p in
+                           reversed(wilson_interval(self.agree, self.n))],
         }
         if self.with_labels:
             out.update({k: v / n for k, v in self.correct.items()})
             out["top1_change_points"] = 100 * (out["quantized_top1"] - out["float_top1"])
             out["top5_change_points"] = 100 * (out["quantized_top5"] - out["float_top5"])
+            out["quantized_top1_ci95"] = wilson_interval(self.correct["quantized_top1"], self.n)
+            out["quantized_top5_ci95"] = wilson_interval(self.correct["quantized_top5"], self.n)
+            out["top1_change_ci95"] = paired_change_interval(self.gained, self.lost, self.n)
         return out
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray,
-            labels: Sequence[int] | None = None) -> dict:
-    """Agreement and error of `candidate` logits against `reference` logits (N x classes)."""
-    accumulator = DriftAccumulator(with_labels=labels is not None)
+            labels: Sequence[int] | None = None, saturation: float | None = None) -> dict:
+    """Agreement and error of `candidate` logits against `reference` logits (N x classes);
+    `saturation`: the candidate's largest representable output (8-bit outputs)."""
+    accumulator = DriftAccumulator(with_labels=labels is not None, saturation=saturation)
     accumulator.add(reference, candidate, labels)
     return accumulator.result()

@@ -7,11 +7,14 @@ from the same float model and images; the report also holds timings, which vary.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from build import float_model
-from quantize import drift, edgetpu, images, layer_errors, pool_islands, report, variants
+from quantize import (drift, edgetpu, images, layer_errors, pool_islands, recipe, report,
+                      variants)
 from quantize.measure import measured
 from runtime import preprocessing
 from runtime.classify import Classifier
@@ -34,12 +37,14 @@ class QuantizeConfig:
     eval_dir: Path | None = None
     eval_samples: int | None = None
     max_top1_drop: float | None = None
+    min_agreement: float | None = None   # percent of top-1 answers kept (EVAL, else held out)
     layer_errors: bool = True
     num_threads: int | None = None
     seed: int = 0
     # Full-integer CPU models get their average pools as float islands (pool_islands.py);
     # False keeps the converter's all-integer graph (integer-only NPUs, microcontrollers).
     float_pools: bool = True
+    recipe: recipe.Recipe = field(default_factory=recipe.Recipe)  # accuracy-first int8
 
 
 def model_file(variant: str) -> str:
@@ -58,12 +63,54 @@ def versions() -> dict:
     return found
 
 
+@dataclass
+class RunData:
+    """The images of a run, read once with the device's preprocessing."""
+    everything: images.ImageSet
+    calibration: images.ImageSet
+    held_out: images.ImageSet
+    evaluation: images.ImageSet | None
+    reference: np.ndarray                 # float logits on the held-out images
+    eval_reference: np.ndarray | None     # float logits on the evaluation images
+
+
 def run(config: QuantizeConfig, qat_model=None) -> dict:
     """`qat_model`: the quantization-aware model for the `qat` variant (from make qat)."""
     if "qat" in config.variants and qat_model is None:
         raise ValueError("The qat variant comes from quantization-aware training: run "
                          "`make qat DATA=<image folder>`.")
     model, card = float_model.load(config.float_dir)
+    data = read_data(config, model, card)
+    results: dict[str, dict] = {}
+    manifest_variants: dict[str, dict] = {}
+    calibrated_int8 = None
+    with staged_outputs(config.out) as stage:
+        for name in config.variants:
+            made = make_variant(name, qat_model if name == "qat" else model, data, config,
+                                stage)
+            path = stage / model_file(name)
+            path.write_bytes(made.pop("tflite"))
+            if name == "int8":
+                calibrated_int8 = made.pop("calibrated", None)
+            made.pop("calibrated", None)
+            results[name] = describe_variant(path, made, data, config)
+            manifest_variants[name] = {"file": path.name, "sha256": sha256(path),
+                                       "bytes": path.stat().st_size, "graph": made["graph"],
+                                       "io": results[name]["io"],
+                                       **_recipe_facts(made)}
+        per_layer = None
+        if config.layer_errors and calibrated_int8 is not None:
+            print("[int8] per-layer error (quantization debugger)", flush=True)
+            debug = data.held_out.pixels[:8]
+            per_layer = layer_errors.summary(layer_errors.layer_statistics(
+                calibrated_int8, variants.graph_inputs(debug, variants.VARIANTS["int8"])),
+                len(debug))
+        full_report = write_outputs(stage, config, card, data, results, manifest_variants,
+                                    per_layer)
+    return full_report
+
+
+def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
     size = tuple(card["input_size"])
     everything = images.load_folder(config.calibration_dir, size, what="calibration")
     calibration, held_out = images.split(everything, config.calibration_samples,
@@ -72,98 +119,129 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
     if config.eval_dir is not None:
         evaluation = images.load_labelled(config.eval_dir, size, card.get("labels"),
                                           card["num_classes"], config.eval_samples)
-    reference = drift.keras_logits(model, held_out.pixels)
-    eval_reference = drift.keras_logits(model, evaluation.pixels) if evaluation else None
-    threads = config.num_threads or os.cpu_count()
+    return RunData(everything, calibration, held_out, evaluation,
+                   drift.keras_logits(model, held_out.pixels),
+                   drift.keras_logits(model, evaluation.pixels) if evaluation else None)
 
-    results: dict[str, dict] = {}
-    manifest_variants: dict[str, dict] = {}
-    with staged_outputs(config.out) as stage:
-        for name in config.variants:
-            variant = variants.VARIANTS[name]
-            print(f"[{name}] converting: {variant.description}", flush=True)
-            representative = variants.representative_dataset(
-                calibration.pixels, variant, preprocessing.normalize) \
+
+def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage: Path
+                 ) -> dict:
+    """One variant's bytes, what its graph is, and its Edge TPU verdict (full integer)."""
+    variant = variants.VARIANTS[name]
+    print(f"[{name}] converting: {variant.description}", flush=True)
+    made: dict = {"graph": "as converted"}
+    with measured() as cost:
+        if variant.accuracy_first:
+            int8 = recipe.build(model, variant, data.calibration.pixels,
+                                data.held_out.pixels, data.reference, config.recipe,
+                                config.num_threads)
+            tflite, integer = (int8.cpu, int8.integer) if config.float_pools else \
+                (int8.integer, int8.integer)
+            made.update(calibrated=int8.calibrated, recipe={
+                "mode": config.recipe.mode, "range_method": int8.range_method,
+                "float_logits": config.recipe.float_logits and config.float_pools,
+                "bias_correction": config.recipe.bias_correction,
+                "float_layers": [{k: v for k, v in e.items() if k != "node"}
+                                 for e in int8.float_layers],
+                "steps": int8.steps})
+        else:
+            representative = variants.representative_dataset(data.calibration.pixels,
+                                                              variant) \
                 if variant.calibrated else None
-            with measured() as cost:
-                tflite = variants.convert(qat_model if name == "qat" else model, variant,
-                                          representative)
-            tpu, graph = None, "as converted"
-            if variant.full_integer:  # the Edge TPU takes the all-integer graph
-                tpu = edgetpu.readiness(tflite)
-                tpu["compiler"] = edgetpu.compile_bytes(tflite, model_file(name), stage)
-                pools = len(pool_islands.integer_pools_of(tflite))
-                if config.float_pools and pools:
-                    tflite = pool_islands.float_pools(tflite)
-                    graph = f"{pools} average pools as float islands, for XNNPACK"
-                else:
-                    graph = "all-integer"
-            path = stage / model_file(name)
-            path.write_bytes(tflite)
-            classifier = Classifier(path, num_threads=threads)
-            entry = {"file": path.name, "description": variant.description, "graph": graph,
-                     "bytes": len(tflite), "conversion": cost,
-                     "io": _io(classifier),
-                     "drift": drift.compare(reference, drift.tflite_logits(
-                         classifier, held_out.pixels, f"[{name}] held-out drift"))}
-            entry["drift"]["flipped"] = [Path(held_out.paths[i]).name
-                                         for i in entry["drift"]["flipped"]]
-            if evaluation is not None:
-                entry["eval"] = drift.compare(eval_reference, drift.tflite_logits(
-                    classifier, evaluation.pixels, f"[{name}] evaluation"), evaluation.labels)
-                entry["eval"]["flipped"] = [os.path.relpath(evaluation.paths[i],
-                                                            config.eval_dir)
-                                            for i in entry["eval"]["flipped"]]
-            if tpu is not None:
-                entry["edgetpu"] = tpu
-            results[name] = entry
-            manifest_variants[name] = {"file": path.name, "sha256": sha256(path),
-                                       "bytes": len(tflite), "graph": graph,
-                                       "io": entry["io"]}
+            tflite = integer = variants.convert(model, variant, representative)
+    made["conversion"] = cost
+    if variant.full_integer:  # the Edge TPU takes the all-integer graph
+        made["edgetpu"] = edgetpu.readiness(integer)
+        made["edgetpu"]["compiler"] = edgetpu.compile_bytes(integer, model_file(name), stage)
+    parts = []
+    pools = len(pool_islands.integer_pools_of(tflite))
+    if variant.pool_islands and config.float_pools and pools:
+        tflite = pool_islands.float_pools(tflite)
+        parts.append(f"{pools} average pools as float islands, for XNNPACK")
+    if made.get("recipe", {}).get("float_logits"):
+        parts.append("float logits")
+    if made.get("recipe", {}).get("float_layers"):
+        parts.append(f"{len(made['recipe']['float_layers'])} layers in float (fallback)")
+    made["graph"] = "; ".join(parts) or \
+        ("all-integer" if variant.full_integer else "as converted")
+    made["tflite"] = tflite
+    return made
 
-        per_layer = None
-        if config.layer_errors and "int8" in config.variants:
-            print("[int8] per-layer error (quantization debugger)", flush=True)
-            per_layer = layer_errors.int8_layer_errors(
-                model, calibration.pixels, held_out.pixels[:8])
 
-        gate = report.apply_gate(results, config.max_top1_drop)
-        data_info = {
-            # With the seed and the requested counts, images.split redraws both sets
-            # (make bench calibrates its peers on exactly these images).
-            "calibration": {"folder": str(config.calibration_dir), "images": len(calibration),
-                            "sha256": calibration.digest(),
-                            "skipped": len(everything.skipped),
-                            "samples_requested": config.calibration_samples,
-                            "seed": config.seed},
-            "held_out": {"images": len(held_out), "sha256": held_out.digest(),
-                         "samples_requested": config.held_out_samples},
-        }
-        skipped = {os.path.relpath(p, config.calibration_dir): why
-                   for p, why in everything.skipped.items()}
-        if evaluation is not None:
-            data_info["evaluation"] = {"folder": str(config.eval_dir),
-                                       "images": len(evaluation),
-                                       "skipped": len(evaluation.skipped)}
-        manifest = {
-            "float_model": {"folder": str(config.float_dir), "sha256": card["files"],
-                            "weights": card["weights"], "input_size": card["input_size"],
-                            "num_classes": card["num_classes"],
-                            "depth_multiplier": card["depth_multiplier"]},
-            "preprocessing": preprocessing.describe(),
-            "variants": manifest_variants,
-            **data_info,
-            "versions": versions(),
-        }
-        full_report = {"float_model": manifest["float_model"], **data_info,
-                       "skipped_files": skipped, "variants": results,
-                       "int8_layer_errors": per_layer, "gate": gate,
-                       "warnings": _weight_warnings(card),
-                       "versions": manifest["versions"]}
-        write_json(stage / "report.json", full_report)
-        (stage / "report.md").write_text(report.markdown(full_report))
-        write_json(stage / "manifest.json", manifest)
+def describe_variant(path: Path, made: dict, data: RunData, config: QuantizeConfig
+                     ) -> dict:
+    """The report's entry: size, I/O, drift on held-out (and EVAL) images."""
+    variant = variants.VARIANTS[path.stem[len(MODEL_STEM) + 1:]]
+    classifier = Classifier(path, num_threads=config.num_threads or os.cpu_count())
+    ceiling = classifier.output_ceiling
+    entry = {"file": path.name, "description": variant.description, "graph": made["graph"],
+             "bytes": path.stat().st_size, "conversion": made["conversion"],
+             "io": _io(classifier),
+             "drift": drift.compare(data.reference, drift.tflite_logits(
+                 classifier, data.held_out.pixels, f"[{variant.name}] held-out drift"),
+                 saturation=ceiling)}
+    entry["drift"]["flipped"] = [Path(data.held_out.paths[i]).name
+                                 for i in entry["drift"]["flipped"]]
+    if data.evaluation is not None:
+        entry["eval"] = drift.compare(data.eval_reference, drift.tflite_logits(
+            classifier, data.evaluation.pixels, f"[{variant.name}] evaluation"),
+            data.evaluation.labels, saturation=ceiling)
+        entry["eval"]["flipped"] = [os.path.relpath(data.evaluation.paths[i], config.eval_dir)
+                                    for i in entry["eval"]["flipped"]]
+    for key in ("edgetpu", "recipe"):
+        if key in made:
+            entry[key] = made[key]
+    return entry
+
+
+def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData,
+                  results: dict, manifest_variants: dict, per_layer: dict | None) -> dict:
+    """report.json, report.md and manifest.json into the staging folder."""
+    gate = report.apply_gate(results, config.max_top1_drop, config.min_agreement)
+    data_info = {
+        # With the seed and the requested counts, images.split redraws both sets
+        # (make bench calibrates its peers on exactly these images).
+        "calibration": {"folder": str(config.calibration_dir), "images": len(data.calibration),
+                        "sha256": data.calibration.digest(),
+                        "skipped": len(data.everything.skipped),
+                        "samples_requested": config.calibration_samples,
+                        "seed": config.seed},
+        "held_out": {"images": len(data.held_out), "sha256": data.held_out.digest(),
+                     "samples_requested": config.held_out_samples},
+    }
+    skipped = {os.path.relpath(p, config.calibration_dir): why
+               for p, why in data.everything.skipped.items()}
+    if data.evaluation is not None:
+        data_info["evaluation"] = {"folder": str(config.eval_dir),
+                                   "images": len(data.evaluation),
+                                   "skipped": len(data.evaluation.skipped)}
+    manifest = {
+        "float_model": {"folder": str(config.float_dir), "sha256": card["files"],
+                        "weights": card["weights"], "input_size": card["input_size"],
+                        "num_classes": card["num_classes"],
+                        "depth_multiplier": card["depth_multiplier"]},
+        "preprocessing": preprocessing.describe(),
+        "variants": manifest_variants,
+        **data_info,
+        "versions": versions(),
+    }
+    full_report = {"float_model": manifest["float_model"], **data_info,
+                   "skipped_files": skipped, "variants": results,
+                   "int8_layer_errors": per_layer, "gate": gate,
+                   "warnings": _weight_warnings(card), "versions": manifest["versions"]}
+    write_json(stage / "report.json", full_report)
+    (stage / "report.md").write_text(report.markdown(full_report))
+    write_json(stage / "manifest.json", manifest)
     return full_report
+
+
+def _recipe_facts(made: dict) -> dict:
+    """What the manifest records of the recipe: its choices, not its measurements."""
+    if "recipe" not in made:
+        return {}
+    facts = {k: v for k, v in made["recipe"].items() if k != "steps"}
+    facts["float_layers"] = [layer["layer"] for layer in facts["float_layers"]]
+    return {"recipe": facts}
 
 
 def _io(classifier: Classifier) -> dict:

@@ -4,20 +4,32 @@ from __future__ import annotations
 MB = 1e6
 
 
-def apply_gate(results: dict[str, dict], max_top1_drop: float | None) -> dict:
-    """Mark each variant pass/fail on its top-1 accuracy loss (points) on the EVAL set."""
-    if max_top1_drop is None:
-        return {"max_top1_drop_points": None, "failed": []}
-    failed = []
+def apply_gate(results: dict[str, dict], max_top1_drop: float | None,
+               min_agreement: float | None = None) -> dict:
+    """Mark each variant pass/fail: top-1 lost on EVAL (points) at most `max_top1_drop`;
+    top-1 agreement with float (percent; on EVAL, else on the held-out images) at least
+    `min_agreement`."""
+    gate = {"max_top1_drop_points": max_top1_drop, "min_agreement_percent": min_agreement,
+            "failed": []}
+    if max_top1_drop is None and min_agreement is None:
+        return gate
     for name, entry in results.items():
-        change = entry.get("eval", {}).get("top1_change_points")
-        if change is None:
-            raise ValueError("MAX_TOP1_DROP needs a labelled EVAL folder to measure "
-                             "accuracy on.")
-        entry["gate"] = "pass" if -change <= max_top1_drop else "fail"
-        if entry["gate"] == "fail":
-            failed.append(name)
-    return {"max_top1_drop_points": max_top1_drop, "failed": failed}
+        reasons = []
+        if max_top1_drop is not None:
+            change = entry.get("eval", {}).get("top1_change_points")
+            if change is None:
+                raise ValueError("MAX_TOP1_DROP needs a labelled EVAL folder to measure "
+                                 "accuracy on.")
+            if -change > max_top1_drop:
+                reasons.append(f"top-1 {change:+.2f} points")
+        if min_agreement is not None:
+            agreement = 100 * entry.get("eval", entry["drift"])["top1_agreement"]
+            if agreement < min_agreement:
+                reasons.append(f"agreement {agreement:.2f} %")
+        entry["gate"] = "fail" if reasons else "pass"
+        if reasons:
+            gate["failed"].append(f"{name} ({', '.join(reasons)})")
+    return gate
 
 
 def _edgetpu_cell(entry: dict) -> str:
@@ -38,7 +50,7 @@ def table(report: dict) -> str:
     if with_eval:
         head += ["top-1 acc", "top-1 change (pts)", "eval top-1 agree"]
     head += ["Edge TPU", "convert s", "peak MB"]
-    if report["gate"]["max_top1_drop_points"] is not None:
+    if any("gate" in e for e in report["variants"].values()):
         head.append("gate")
     base = report["variants"].get("float32", {}).get("bytes")
     rows = []
@@ -63,6 +75,63 @@ def table(report: dict) -> str:
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
                       *map(line, rows)])
+
+
+def _gate_lines(gate: dict) -> list[str]:
+    rules = []
+    if gate["max_top1_drop_points"] is not None:
+        rules.append(f"at most {gate['max_top1_drop_points']} points of top-1 lost")
+    if gate.get("min_agreement_percent") is not None:
+        rules.append(f"top-1 agreement at least {gate['min_agreement_percent']} %")
+    if not rules:
+        return []
+    verdict = ("all variants pass" if not gate["failed"] else
+               f"failed: {', '.join(gate['failed'])}")
+    return [f"Gate: {' and '.join(rules)}; {verdict}.", ""]
+
+
+def _flip_lines(report: dict) -> list[str]:
+    """Where the top-1 answers changed, and why, with 95 % intervals."""
+    key = "eval" if any("eval" in e for e in report["variants"].values()) else "drift"
+    rows = []
+    for name, e in report["variants"].items():
+        d = e.get(key)
+        if not d or "flips" not in d:
+            continue
+        low, high = d["top1_agreement_ci95"]
+        kinds = d["flips"]
+        rows.append(f"| {name} | {100 * d['top1_agreement']:.2f} % ({100 * low:.2f}-"
+                    f"{100 * high:.2f}) | {sum(kinds.values())} | {kinds['tie']} | "
+                    f"{kinds['saturated']} | {kinds['other']} |")
+    if not rows:
+        return []
+    where = "the EVAL images" if key == "eval" else "the held-out images"
+    return [f"## Top-1 flips against float, on {where}", "",
+            "A tie: the quantized model's two best classes on the same output value (one "
+            "8-bit step); saturated: its best logit at the largest value its 8-bit output "
+            "can hold. Agreement with its 95 % (Wilson) interval.", "",
+            "| variant | agreement | flips | ties | saturated | other |", "|---|---|---|---|---|---|",
+            *rows, ""]
+
+
+def _recipe_lines(report: dict) -> list[str]:
+    """The accuracy-first steps, each with its held-out agreement and SQNR."""
+    parts = []
+    for name, e in report["variants"].items():
+        recipe = e.get("recipe")
+        if not recipe:
+            continue
+        parts += [f"## {name}: what each accuracy-first step bought", "",
+                  f"Mode `{recipe['mode']}`; measured on the held-out images against the "
+                  "float model, each row adding its step to those above (quantize/recipe.py).",
+                  "", "| step | top-1 agreement | flips | SQNR dB |", "|---|---|---|---|"]
+        parts += [f"| {s['step']} | {100 * s['top1_agreement']:.2f} % | {s['flips']} | "
+                  f"{s['sqnr_db']:.2f} |" for s in recipe["steps"]]
+        for layer in recipe["float_layers"]:
+            parts.append(f"- in float: `{layer['layer']}` ({layer['multiply_adds'] / 1e6:.1f} M "
+                         f"multiply-adds, RMS error {layer['rmse_over_scale']:.2f} of a step)")
+        parts.append("")
+    return parts
 
 
 def markdown(report: dict) -> str:
@@ -95,12 +164,7 @@ def markdown(report: dict) -> str:
                   "pool; see quantize/pool_islands.py). Drift above is measured on these "
                   "files; the Edge TPU check and compile use the all-integer graph "
                   "(`INT8_POOLS=int8` writes that one instead).", ""]
-    gate = report["gate"]
-    if gate["max_top1_drop_points"] is not None:
-        verdict = ("all variants pass" if not gate["failed"] else
-                   f"over budget: {', '.join(gate['failed'])}")
-        parts += [f"Drift gate: at most {gate['max_top1_drop_points']} points of top-1 lost; "
-                  f"{verdict}.", ""]
+    parts += _gate_lines(report["gate"]) + _flip_lines(report) + _recipe_lines(report)
     per_layer = report.get("int8_layer_errors")
     if per_layer:
         parts += ["## int8: layers with the largest quantization error", "",

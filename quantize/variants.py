@@ -12,6 +12,7 @@ import numpy as np
 
 from build.float_model import logits_model, pixel_input_model
 from build.keras_env import keras, tf
+from runtime.preprocessing import normalize
 
 
 @dataclass(frozen=True)
@@ -19,25 +20,30 @@ class Variant:
     name: str
     description: str
     calibrated: bool = False        # needs representative images
-    full_integer: bool = False      # converted all-integer: an Edge TPU candidate (the
-                                    # CPU file then gets float pool islands: pool_islands)
+    full_integer: bool = False      # converted all-integer: an Edge TPU candidate
     pixel_input: bool = False       # takes raw 0..255 pixels (normalisation inside)
+    accuracy_first: bool = False    # made by quantize/recipe.py (float logits, ranges, ...)
+    pool_islands: bool = False      # the CPU file's average pools run in float (XNNPACK)
 
 
 VARIANTS = {v.name: v for v in (
     Variant("float32", "float reference, no quantization"),
     Variant("float16", "float16 weights, float compute"),
     Variant("dynamic", "int8 weights, float activations (dynamic range)"),
-    Variant("int8", "full integer, per-channel int8 weights, int8 input and output",
+    Variant("int8", "accuracy-first int8: per-channel int8 weights, int8 input (pixel - 128), "
+            "float logits", calibrated=True, full_integer=True, pixel_input=True,
+            accuracy_first=True, pool_islands=True),
+    Variant("uint8", "accuracy-first int8 with uint8 input (raw pixels), float logits",
+            calibrated=True, full_integer=True, pixel_input=True, accuracy_first=True,
+            pool_islands=True),
+    Variant("int8-stock", "the converter's default full-integer int8, int8 input and output",
             calibrated=True, full_integer=True),
-    Variant("uint8", "full integer, uint8 input (raw pixels) and output: Edge TPU style",
-            calibrated=True, full_integer=True, pixel_input=True),
     Variant("int16x8", "16-bit activations, 8-bit weights, float input and output",
             calibrated=True),
     # QAT ranges come from the fake-quant layers; the converter still wants samples to
     # make the input and output integer.
     Variant("qat", "quantization-aware trained (make qat), full integer, int8 input and output",
-            calibrated=True, full_integer=True),
+            calibrated=True, full_integer=True, pool_islands=True),
 )}
 POST_TRAINING = [name for name in VARIANTS if name != "qat"]
 
@@ -84,7 +90,7 @@ def make_converter(graph: keras.Model, variant: Variant,
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         return converter
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    io_type = tf.uint8 if variant.pixel_input else tf.int8
+    io_type = tf.uint8 if variant.name == "uint8" else tf.int8
     converter.inference_input_type = io_type
     converter.inference_output_type = io_type
     return converter
@@ -95,11 +101,15 @@ def convert(model: keras.Model, variant: Variant,
     return make_converter(graph_for(model, variant), variant, representative).convert()
 
 
-def representative_dataset(pixels: np.ndarray, variant: Variant, normalize
+def graph_inputs(pixels: np.ndarray, variant: Variant) -> np.ndarray:
+    """uint8 images in the variant graph's input domain: float pixels or [-1, 1]."""
+    return pixels.astype(np.float32) if variant.pixel_input else normalize(pixels)
+
+
+def representative_dataset(pixels: np.ndarray, variant: Variant
                            ) -> Callable[[], Iterable[list[np.ndarray]]]:
     """Calibration samples, one batch-1 array each, in the variant graph's input domain."""
     def samples():
         for image in pixels:
-            x = image.astype(np.float32) if variant.pixel_input else normalize(image)
-            yield [x[np.newaxis]]
+            yield [graph_inputs(image, variant)[np.newaxis]]
     return samples

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from quantize import drift, edgetpu, images, pipeline, pool_islands, variants
+from quantize import drift, edgetpu, images, pipeline, pool_islands, recipe, variants
 from runtime import preprocessing
 from runtime.classify import Classifier, Quantization
 from runtime.fileio import sha256
@@ -29,14 +29,18 @@ def test_every_variant_report_and_manifest(tiny_run):
     for name, entry in manifest["variants"].items():
         path = out / entry["file"]
         assert name in entry["file"] and entry["sha256"] == sha256(path)
-    assert (out / "report.md").read_text().count("| int8 ") == 1
+    assert (out / "report.md").read_text().count("| int8 ") == 2  # variants and flips
+    assert "what each accuracy-first step bought" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["variants"].keys() == \
         set(variants.POST_TRAINING)
     assert manifest["calibration"]["images"] + manifest["held_out"]["images"] == 15
     io = {name: e["io"] for name, e in manifest["variants"].items()}
-    assert io["int8"]["input_dtype"] == io["int8"]["output_dtype"] == "int8"
-    assert io["uint8"]["input_dtype"] == io["uint8"]["output_dtype"] == "uint8"
+    assert io["int8-stock"]["input_dtype"] == io["int8-stock"]["output_dtype"] == "int8"
+    assert io["int8"]["input_dtype"] == "int8" and io["uint8"]["input_dtype"] == "uint8"
+    assert io["int8"]["output_dtype"] == io["uint8"]["output_dtype"] == "float32"  # logits
     assert io["uint8"]["input_quantization"] == [1.0, 0]  # raw pixels go straight in
+    assert io["int8"]["input_quantization"] == [1.0, -128]  # pixel - 128: exact too
+    assert manifest["variants"]["int8"]["recipe"]["mode"] == "fast"
     assert io["float32"]["input_dtype"] == "float32"
     for name, entry in report["variants"].items():
         assert entry["conversion"]["seconds"] > 0 and entry["conversion"]["peak_rss_mb"] > 0
@@ -46,14 +50,16 @@ def test_every_variant_report_and_manifest(tiny_run):
 
 
 @pytest.mark.parametrize("name", ["int8", "uint8"])
-def test_full_integer_models_are_integer_but_for_the_pool_islands(tiny_run, name):
+def test_full_integer_models_are_integer_but_for_pool_islands_and_logits(tiny_run, name):
     out, report = tiny_run
     cpu_graph = (out / pipeline.model_file(name)).read_bytes()
     ops = edgetpu.read_ops(pool_islands.integer_pools(cpu_graph))
-    activations = {t.dtype for op in ops for t in op.inputs + op.outputs if not t.constant}
+    assert [op.name for op in ops[-3:]] == ["DEQUANTIZE", "CONV_2D", "RESHAPE"]
+    activations = {t.dtype for op in ops[:-3] for t in op.inputs + op.outputs
+                   if not t.constant}
     assert activations <= {"int8", "uint8"}, activations
     assert report["variants"][name]["edgetpu"]["single_subgraph"]
-    floats = {op.name for op in edgetpu.read_ops(cpu_graph)
+    floats = {op.name for op in edgetpu.read_ops(cpu_graph)[:-3]
               if any(t.dtype == "float32" for t in op.inputs + op.outputs)}
     assert floats == {"DEQUANTIZE", "AVERAGE_POOL_2D", "QUANTIZE"}
 
@@ -107,10 +113,10 @@ def test_drift_report_gets_worse_for_a_corrupted_model(tiny_float_dir, tiny_run,
     monkeypatch.setattr(variants, "convert",
                         lambda *a, **k: _corrupt_weights(real_convert(*a, **k)))
     config = pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=tmp_path / "bad",
-                                     variants=["int8"], calibration_dir=CALIBRATION_DIR,
-                                     layer_errors=False)
-    broken = pipeline.run(config)["variants"]["int8"]["drift"]
-    good = clean["variants"]["int8"]["drift"]
+                                     variants=["int8-stock"],
+                                     calibration_dir=CALIBRATION_DIR, layer_errors=False)
+    broken = pipeline.run(config)["variants"]["int8-stock"]["drift"]
+    good = clean["variants"]["int8-stock"]["drift"]
     assert broken["sqnr_db"] < good["sqnr_db"] - 10
     assert broken["cosine_similarity"] < good["cosine_similarity"] - 0.1
     assert broken["top1_agreement"] < good["top1_agreement"]
@@ -174,9 +180,10 @@ def test_unusable_calibration_folder_is_a_clear_error_and_writes_nothing(
 def test_failure_mid_run_leaves_no_half_written_folder(tiny_float_dir, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("converter crashed")
-    monkeypatch.setattr(variants, "convert", fail)
+    monkeypatch.setattr(recipe, "build", fail)  # after float32 is written
     out = tmp_path / "out"
-    config = pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=out, variants=["int8"],
+    config = pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=out,
+                                     variants=["float32", "int8"],
                                      calibration_dir=CALIBRATION_DIR)
     with pytest.raises(RuntimeError):
         pipeline.run(config)

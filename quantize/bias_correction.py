@@ -1,0 +1,68 @@
+"""Bias correction of the quantized convolutions (as NNCF's fast bias correction and
+Nagel et al.'s data-free quantization do).
+
+Rounding a convolution's weights to int8 changes the mean of its outputs: with float
+weights W and their int8 rounding W_q, E[W x] - E[W_q x] = (W - W_q) E[x], a shift per
+output channel that passes into every later layer. The float graph's channel means E[x]
+of each convolution's input (quantize/activation_stats.py) give that shift, and adding it
+to the int32 bias (in the bias's own scale) cancels it. The shift is computed from the
+float model's statistics, so corrections do not compound.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from quantize.activation_stats import TensorStats
+from runtime import tflite_graph as tg
+
+_WEIGHTED = {tg.OP.CONV_2D, tg.OP.DEPTHWISE_CONV_2D, tg.OP.FULLY_CONNECTED}
+
+
+def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndarray
+                       ) -> np.ndarray:
+    """(W - W_q) E[x] per output channel: what the rounded weights take off the mean."""
+    graph_f, graph_q = m_float.subgraphs[0], m_quant.subgraphs[0]
+    weights = tg.buffer_array(m_float, graph_f.tensors[float_op.inputs[1]]).astype(np.float64)
+    q_tensor = graph_q.tensors[quant_op.inputs[1]]
+    scales = np.asarray(q_tensor.quantization.scale, dtype=np.float64)
+    axis = q_tensor.quantization.quantizedDimension
+    shape = [1] * weights.ndim
+    shape[axis] = -1
+    error = weights - tg.buffer_array(m_quant, q_tensor).astype(np.float64) * \
+        scales.reshape(shape)
+    builtin = tg.code(m_quant, quant_op)
+    if builtin == tg.OP.DEPTHWISE_CONV_2D:  # [1, KH, KW, C * multiplier]
+        per_channel = error.sum(axis=(0, 1, 2))
+        multiplier = per_channel.size // input_mean.size
+        return per_channel * np.repeat(input_mean, multiplier)
+    if builtin == tg.OP.CONV_2D:            # [O, KH, KW, I]
+        error = error.sum(axis=(1, 2))
+    return error @ input_mean               # [O, I]
+
+
+def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats]
+            ) -> tuple[bytes, dict]:
+    """`quantized` with every int8 convolution's bias corrected; and what changed."""
+    m_quant, m_float = tg.load(quantized), tg.load(calibrated)
+    graph_q, graph_f = m_quant.subgraphs[0], m_float.subgraphs[0]
+    float_ops = {tg.tensor_name(graph_f.tensors[op.outputs[0]]): op
+                 for op in graph_f.operators if tg.code(m_float, op) in _WEIGHTED}
+    corrected, largest = 0, 0.0
+    for op in graph_q.operators:
+        if tg.code(m_quant, op) not in _WEIGHTED or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        weights, bias = graph_q.tensors[op.inputs[1]], graph_q.tensors[op.inputs[2]]
+        float_op = float_ops.get(tg.tensor_name(graph_q.tensors[op.outputs[0]]))
+        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32 or float_op is None:
+            continue
+        source = stats.get(tg.tensor_name(graph_f.tensors[float_op.inputs[0]]))
+        if source is None or source.channel_sum is None:
+            continue
+        shift = weight_error_shift(m_float, float_op, m_quant, op, source.channel_mean)
+        bias_scale = np.asarray(bias.quantization.scale, dtype=np.float64)
+        steps = np.rint(shift / bias_scale)
+        values = tg.buffer_array(m_quant, bias).astype(np.int64) + steps.astype(np.int64)
+        tg.set_buffer(m_quant, bias, np.clip(values, -2**31, 2**31 - 1))
+        corrected += 1
+        largest = max(largest, float(np.max(np.abs(shift))))
+    return tg.pack(m_quant), {"layers": corrected, "largest_shift": largest}

@@ -1,0 +1,65 @@
+"""A quantization range for each activation, chosen by the error it causes.
+
+Calibration records each tensor's min and max; one rare large value then stretches the
+range, and every other value of that tensor is rounded to coarser steps. The methods:
+
+- `minmax`: the calibration's own range (what the converter does);
+- `percentile`: the 0.01 % tails cut off;
+- `mse`: the range that minimises the expected squared error of the tensor's values over
+  the calibration images: rounding noise (step^2 / 12) inside it, the clipping error
+  outside. It searches ranges shrunk from min-max towards zero.
+
+The recipe (quantize/recipe.py) measures each method on the model's output and keeps the
+best; the report says what each bought.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from quantize.activation_stats import TensorStats
+
+METHODS = ("minmax", "percentile", "mse")
+LEVELS = 255            # steps of an 8-bit range
+PERCENTILE_TAIL = 1e-4  # the share of values the percentile method lets clip
+SHRINK = np.linspace(0.05, 1.0, 96)  # the fractions of the min-max range mse tries
+
+
+def expected_error(stats: TensorStats, low: float, high: float) -> float:
+    """Mean squared quantization error of the histogrammed values in [low, high]."""
+    edges = stats.edges
+    centres = (edges[:-1] + edges[1:]) / 2
+    step = max(high - low, 1e-12) / LEVELS
+    clipped = np.clip(centres, low, high)
+    error = np.where(centres == clipped, step * step / 12, (centres - clipped) ** 2)
+    return float(np.sum(stats.counts * error) / max(stats.counts.sum(), 1))
+
+
+def mse_range(stats: TensorStats) -> tuple[float, float]:
+    candidates = [(stats.low * f, stats.high * f) for f in SHRINK]
+    errors = [expected_error(stats, *c) for c in candidates]
+    return candidates[int(np.argmin(errors))]
+
+
+def percentile_range(stats: TensorStats) -> tuple[float, float]:
+    cumulative = np.cumsum(stats.counts) / max(stats.counts.sum(), 1)
+    edges = stats.edges
+    low = edges[int(np.searchsorted(cumulative, PERCENTILE_TAIL))]
+    high = edges[int(np.searchsorted(cumulative, 1 - PERCENTILE_TAIL)) + 1]
+    return (min(float(low), 0.0) if stats.low < 0 else stats.low,
+            max(float(high), 1e-6))
+
+
+def choose(stats: dict[str, TensorStats], method: str,
+           keep: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+    """(min, max) per tensor by `method`; tensors in `keep` (the input) keep min-max."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown range method {method!r}; choose from {', '.join(METHODS)}.")
+    chosen = {}
+    for name, s in stats.items():
+        if method == "minmax" or name in keep or s.counts.sum() == 0:
+            chosen[name] = (s.low, s.high)
+        elif method == "mse":
+            chosen[name] = mse_range(s)
+        else:
+            chosen[name] = percentile_range(s)
+    return chosen

@@ -1,0 +1,176 @@
+"""The accuracy-first int8: each step reduces the error it targets, against the converter's
+own quantization of the same small model, on the same images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from build import float_model
+from quantize import (activation_stats, bias_correction, calibrated, drift, images,
+                      layer_errors, ranges, recipe, report, variants)
+from runtime import tflite_graph as tg
+from runtime.interpreter import interpreter_module
+
+from conftest import CALIBRATION_DIR
+
+INT8 = variants.VARIANTS["int8"]
+
+
+@pytest.fixture(scope="module")
+def setting(tiny_float_dir):
+    model, card = float_model.load(tiny_float_dir)
+    everything = images.load_folder(CALIBRATION_DIR, tuple(card["input_size"]))
+    calibration, held_out = images.split(everything, 200, 100, 0)
+    graph = variants.graph_for(model, INT8)
+    calibrated_graph = calibrated.calibrate(
+        graph, INT8, variants.representative_dataset(calibration.pixels, INT8))
+    inputs = variants.graph_inputs(calibration.pixels, INT8)
+    stats = activation_stats.collect(calibrated_graph, inputs)
+    return model, calibration, held_out, calibrated_graph, inputs, stats
+
+
+@pytest.fixture(scope="module")
+def built(setting):
+    model, calibration, held_out, *_ = setting
+    reference = drift.keras_logits(model, held_out.pixels)
+    return recipe.build(model, INT8, calibration.pixels, held_out.pixels, reference,
+                        recipe.Recipe(mode="fallback", fallback_target=1.01,
+                                      fallback_max_layers=2))
+
+
+def activations(model: bytes, name: str, inputs: np.ndarray) -> np.ndarray:
+    """One tensor's (dequantized) values on every input, on the built-in kernels."""
+    module = interpreter_module()
+    interpreter = module.Interpreter(
+        model_content=model, experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    tensor = next(d for d in interpreter.get_tensor_details() if d["name"] == name)
+    rows = []
+    for x in inputs:
+        if detail["dtype"] != np.float32:
+            scale, zero = detail["quantization"]
+            info = np.iinfo(detail["dtype"])
+            x = np.clip(np.rint(x / scale + zero), info.min, info.max)
+        interpreter.set_tensor(detail["index"], x[np.newaxis].astype(detail["dtype"]))
+        interpreter.invoke()
+        value = interpreter.get_tensor(tensor["index"]).astype(np.float64)
+        if tensor["dtype"] != np.float32:
+            scale, zero = tensor["quantization"]
+            value = (value - zero) * scale
+        rows.append(value)
+    return np.stack(rows)
+
+
+def test_each_step_is_measured_from_the_converters_own_quantization(built):
+    names = [s["step"] for s in built.steps]
+    assert names[0] == "converter" and names[1] == "float logits"
+    assert names[2].startswith("ranges (") and names[3] == "bias correction"
+    assert names[4].startswith("float fallback")
+
+
+def test_float_logits_lift_the_8_bit_cap_and_cut_the_output_error(built):
+    converter, float_logits = built.steps[0], built.steps[1]
+    assert float_logits["sqnr_db"] > converter["sqnr_db"]
+    m = tg.load(built.cpu)
+    graph = m.subgraphs[0]
+    assert graph.tensors[graph.outputs[0]].type == tg.TYPE.FLOAT32
+    assert tg.op_names(built.cpu)[-3:] == ["DEQUANTIZE", "CONV_2D", "RESHAPE"]
+    # the Edge TPU graph stays all-integer
+    integer = tg.load(built.integer).subgraphs[0]
+    assert integer.tensors[integer.outputs[0]].type == tg.TYPE.INT8
+
+
+def test_exact_pixel_input(built):
+    graph = tg.load(built.cpu).subgraphs[0]
+    quant = graph.tensors[graph.inputs[0]].quantization
+    assert (float(quant.scale[0]), int(quant.zeroPoint[0])) == (1.0, -128)
+
+
+def test_mse_ranges_reduce_the_measured_layer_errors(setting):
+    *_, calibrated_graph, inputs, stats = setting
+    minmax = ranges.choose(stats, "minmax")
+    mse = ranges.choose(stats, "mse")
+    predicted = [(ranges.expected_error(s, *mse[n]), ranges.expected_error(s, *minmax[n]))
+                 for n, s in stats.items()]
+    assert all(a <= b * (1 + 1e-9) for a, b in predicted)
+    measured = {}
+    for method, chosen in (("minmax", minmax), ("mse", mse)):
+        rows = layer_errors.layer_statistics(calibrated.with_ranges(calibrated_graph, chosen),
+                                             inputs[:4])
+        measured[method] = np.mean([r["rmse"] for r in rows])
+    assert measured["mse"] < measured["minmax"]
+
+
+def test_percentile_clips_only_the_tails():
+    stats = activation_stats.TensorStats(0.0, 100.0)
+    values = np.concatenate([np.random.default_rng(0).uniform(0, 10, 100_000), [100.0]])
+    stats.add(values)
+    low, high = ranges.percentile_range(stats)
+    assert low == 0.0 and 9.5 < high < 10.5
+
+
+def test_bias_correction_cancels_the_mean_shift_of_rounded_weights(setting):
+    *_, calibrated_graph, inputs, stats = setting
+    quantized = calibrated.quantize(calibrated_graph)
+    corrected, info = bias_correction.correct(quantized, calibrated_graph, stats)
+    assert info["layers"] > 50
+    m = tg.load(quantized)
+    graph = m.subgraphs[0]
+    convs = [tg.tensor_name(graph.tensors[op.outputs[0]]) for op in graph.operators
+             if tg.op_name(m, op) == "CONV_2D"]
+    shift = {"before": 0.0, "after": 0.0}
+    for name in convs[1:-1:6]:  # a sample of the trunk's convolutions
+        reference = activations(calibrated_graph, name, inputs)
+        for key, model in (("before", quantized), ("after", corrected)):
+            error = (reference - activations(model, name, inputs)).reshape(
+                -1, reference.shape[-1]).mean(axis=0)
+            shift[key] += float(np.abs(error).sum())
+    assert shift["after"] < 0.8 * shift["before"], shift
+
+
+def test_fallback_returns_the_debuggers_worst_layer_to_float(built):
+    assert built.float_layers, "the fallback tried no layer"
+    worst = built.float_layers[0]
+    m = tg.load(built.cpu)
+    graph = m.subgraphs[0]
+    float_convs = [tg.tensor_name(graph.tensors[op.outputs[0]]) for op in graph.operators
+                   if tg.op_name(m, op) == "CONV_2D"
+                   and graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32]
+    assert any(worst["node"] == name for name in float_convs) or len(float_convs) >= 2
+    kept = built.steps[-1]
+    assert (kept["top1_agreement"], kept["sqnr_db"]) >= \
+        (built.steps[-2]["top1_agreement"], built.steps[-2]["sqnr_db"])
+    assert worst["multiply_adds"] > 0
+
+
+def test_gate_names_the_variants_below_the_agreement():
+    results = {"int8": {"drift": {"top1_agreement": 0.995}},
+               "int8-stock": {"drift": {"top1_agreement": 0.98}}}
+    gate = report.apply_gate(results, None, min_agreement=99.0)
+    assert [f.split()[0] for f in gate["failed"]] == ["int8-stock"]
+    assert results["int8"]["gate"] == "pass" and results["int8-stock"]["gate"] == "fail"
+    assert report.apply_gate(results, None, None)["failed"] == []
+
+
+def test_flips_are_told_apart():
+    reference = np.array([[2.0, 1.0, 0.0]] * 3)           # float says class 0
+    result = drift.compare(reference, np.array([[0.9, 1.0, 0.0],      # other
+                                                [0.5, 0.9, 0.0],      # other
+                                                [1.2, 1.27, 0.0]]),   # at the 8-bit cap
+                           saturation=1.27)
+    assert result["flips"] == {"tie": 0, "saturated": 1, "other": 2}
+    # two classes on one value: a tie (the stable sort picks the first of them)
+    tied = drift.compare(np.array([[0.0, 2.0, 1.0]]), np.array([[1.0, 1.0, 0.0]]))
+    assert tied["flips"] == {"tie": 1, "saturated": 0, "other": 0}
+
+
+def test_intervals():
+    low, high = drift.wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-3)
+    low, high = drift.wilson_interval(990, 1000)
+    assert low < 0.99 < high
+    assert drift.paired_change_interval(0, 0, 100) == [0.0, 0.0]
+    low, high = drift.paired_change_interval(10, 2, 1000)
+    assert low < 0.8 < high
