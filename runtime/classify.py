@@ -109,6 +109,14 @@ class Classifier:
             return None
         return Quantization(float(scale), int(zero_point))
 
+    @property
+    def output_ceiling(self) -> float | None:
+        """The largest value an integer output can hold: larger logits are capped there."""
+        q = self.output_quantization
+        if q is None:
+            return None
+        return float(q.dequantize(np.array(np.iinfo(self.output_dtype).max)))
+
     def _feeds_pixels(self) -> bool:
         """True when the input quantization's real range is pixel values, not [-1, 1]."""
         q = self.input_quantization
