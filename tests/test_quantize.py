@@ -210,7 +210,8 @@ def test_check_op_rules():
     assert "batch must be 1" in edgetpu.check_op(
         edgetpu.Op(3, "ADD", [t("int8", (2, 8, 8, 4))], [t("int8")]))[0]
     assert "fused RELU" in edgetpu.check_op(
-        edgetpu.Op(4, "AVERAGE_POOL_2D", [t("int8")], [t("int8")], "RELU"))[0]
+        edgetpu.Op(4, "AVERAGE_POOL_2D", [t("int8")], [t("int8")],
+                   fused_activation="RELU"))[0]
     assert "SOFTMAX" in edgetpu.check_op(
         edgetpu.Op(5, "SOFTMAX", [t("int8", (1, 20000))], [t("int8", (1, 20000))]))[0]
 
@@ -266,3 +267,16 @@ def test_qat_variant_needs_quantization_aware_training(tiny_float_dir, tmp_path)
     with pytest.raises(ValueError, match="make qat DATA="):
         pipeline.run(config)
     assert variants.parse_variants("") == variants.POST_TRAINING
+
+
+def test_an_op_fed_by_the_cpu_after_the_edge_tpu_part_stays_on_the_cpu():
+    t = lambda dtype: edgetpu.Tensor("t", dtype, [1, 8, 8, 4], False, False)
+    ops = [edgetpu.Op(0, "CAST", [t("uint8")], [t("float32")]),            # before: fine
+           edgetpu.Op(1, "CONV_2D", [t("int8")], [t("int8")], [0]),
+           edgetpu.Op(2, "ARG_MAX", [t("int8")], [t("int32")], [1]),        # unsupported
+           edgetpu.Op(3, "ADD", [t("int8")], [t("int8")], [2]),             # fed by it
+           edgetpu.Op(4, "CONV_2D", [t("int8")], [t("int8")], [1])]         # a branch: fine
+    for op in ops:
+        op.problems = edgetpu.check_op(op)
+    assert edgetpu.place(ops) == [False, True, False, False, True]
+    assert "op #2" in ops[3].problems[0]
