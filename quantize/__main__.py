@@ -45,7 +45,7 @@ def parse_args(argv):
     q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat variant")
     q.add_argument("--qat-val", help="validation folder for QAT")
     q.add_argument("--qat-epochs", type=int, default=2)
-    q.add_argument("--qat-learning-rate", type=float, default=1e-4)
+    q.add_argument("--qat-learning-rate", type=float, default=1e-5)
     q.add_argument("--qat-no-flip", action="store_true")
     b = p.add_argument_group("float model (as make build)")
     b.add_argument("--weights", default="auto", help=WEIGHT_CHOICES)
@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(result))
     print(f"\nWrote {len(result['variants'])} models, report.md, report.json and "
           f"manifest.json to {config.out}")
-    failed = result["gate"]["failed"]
-    if failed:
-        print(f"error: below the gate (MAX_TOP1_DROP={config.max_top1_drop}, MIN_AGREEMENT="
-              f"{config.min_agreement}): {', '.join(failed)}", file=sys.stderr)
+    gate = result["gate"]
+    if gate["failed"]:
+        budgets = [f"over the top-1 budget of {config.max_top1_drop} points"
+                   if config.max_top1_drop is not None else None,
+                   f"under the agreement of {config.min_agreement} %"
+                   if config.min_agreement is not None else None]
+        print(f"error: {' or '.join(b for b in budgets if b)}: {', '.join(gate['failed'])} "
+              f"({report.gate_failures(gate)})", file=sys.stderr)
         return 1
     return 0
 

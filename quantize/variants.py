@@ -24,6 +24,9 @@ class Variant:
     pixel_input: bool = False       # takes raw 0..255 pixels (normalisation inside)
     accuracy_first: bool = False    # made by quantize/recipe.py (float logits, ranges, ...)
     pool_islands: bool = False      # the CPU file's average pools run in float (XNNPACK)
+    float_logits: bool = False      # its graph keeps the logits layer float (qat)
+    integer_io: str = "int8"        # input (and integer output) type of integer graphs
+    edgetpu: bool = False           # the all-integer file for the Coral Edge TPU
 
 
 VARIANTS = {v.name: v for v in (
@@ -35,15 +38,19 @@ VARIANTS = {v.name: v for v in (
             accuracy_first=True, pool_islands=True),
     Variant("uint8", "accuracy-first int8 with uint8 input (raw pixels), float logits",
             calibrated=True, full_integer=True, pixel_input=True, accuracy_first=True,
-            pool_islands=True),
+            pool_islands=True, integer_io="uint8"),
+    Variant("coral", "all-integer uint8 for the Coral Edge TPU (raw pixels in, uint8 logits "
+            "out): compile it with edgetpu_compiler", calibrated=True, full_integer=True,
+            pixel_input=True, accuracy_first=True, integer_io="uint8", edgetpu=True),
     Variant("int8-stock", "the converter's default full-integer int8, int8 input and output",
             calibrated=True, full_integer=True),
     Variant("int16x8", "16-bit activations, 8-bit weights, float input and output",
             calibrated=True),
     # QAT ranges come from the fake-quant layers; the converter still wants samples to
     # make the input and output integer.
-    Variant("qat", "quantization-aware trained (make qat), full integer, int8 input and output",
-            calibrated=True, full_integer=True, pool_islands=True),
+    Variant("qat", "quantization-aware trained (make qat, distilled from float), int8 input, "
+            "float logits", calibrated=True, full_integer=True, pool_islands=True,
+            float_logits=True),
 )}
 POST_TRAINING = [name for name in VARIANTS if name != "qat"]
 
@@ -90,9 +97,12 @@ def make_converter(graph: keras.Model, variant: Variant,
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         return converter
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    io_type = tf.uint8 if variant.name == "uint8" else tf.int8
+    io_type = tf.uint8 if variant.integer_io == "uint8" else tf.int8
     converter.inference_input_type = io_type
     converter.inference_output_type = io_type
+    if variant.float_logits:  # the un-quantized logits layer runs on float builtins
+        converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+        converter.inference_output_type = tf.float32
     return converter
 
 
