@@ -24,21 +24,53 @@ RUNTIME_FILES = sorted(p for p in (ROOT / "runtime").rglob("*")
 README = """\
 InceptionV3 on the device
 =========================
-64-bit Raspberry Pi OS (Python 3.9-3.13):  pip install -r requirements.txt
-32-bit Raspberry Pi OS or older Pythons:    pip install -r requirements-tflite-runtime.txt
-Coral USB Accelerator: also install libedgetpu1-std from Coral's apt repository and use
-the *_edgetpu.tflite model (the runtime loads the delegate by itself).
-
+64-bit OS, Python 3.11 or newer:  pip install -r requirements.txt  (ai-edge-litert)
+x86-64 with Python 3.9-3.11:       pip install -r requirements-tflite-runtime.txt
+32-bit Raspberry Pi OS: the package index has no TFLite interpreter wheel for it (neither
+ai-edge-litert nor tflite-runtime); install a 64-bit Raspberry Pi OS.
+{coral}
     python3 -m runtime classify --model {model} photo.jpg
     python3 -m runtime bench --model {model}
 """
+CORAL_COMPILED = """\
+Coral Edge TPU: {model} is compiled for it. Install libedgetpu1-std from Coral's apt
+repository and plug the accelerator in; the runtime loads the delegate by itself.
+"""
+CORAL_UNCOMPILED = """\
+Coral Edge TPU: {model} is the all-integer graph the Edge TPU takes, not yet compiled
+(edgetpu_compiler was not installed where it was made). Compile it on an x86-64 Linux
+host: edgetpu_compiler {model}, then bundle again (make bundle VARIANT=coral). As it is,
+it runs on the CPU.
+"""
+CPU_ONLY = """\
+This model is for the CPU. For a Coral Edge TPU bundle the Coral file:
+make bundle VARIANT=coral.
+"""
+
+
+def coral_model(model: Path) -> Path:
+    """The compiled `*_edgetpu.tflite` beside a Coral file, when the compiler made one."""
+    compiled = model.with_name(f"{model.stem}_edgetpu.tflite")
+    return compiled if model.stem.endswith("_coral") and compiled.is_file() else model
+
+
+def readme(model: Path) -> str:
+    if model.stem.endswith("_edgetpu"):
+        coral = CORAL_COMPILED
+    elif model.stem.endswith("_coral"):
+        coral = CORAL_UNCOMPILED
+    else:
+        coral = CPU_ONLY
+    return README.format(model=model.name, coral=coral.format(model=model.name))
 
 
 def requirements() -> tuple[str, str]:
     pins = {line.split("==")[0].lower(): line.strip() for line in
             (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
     litert = "\n".join([pins["ai-edge-litert"], pins["numpy"], pins["pillow"]]) + "\n"
-    legacy = "tflite-runtime==2.14.0\nnumpy<2\npillow\n"
+    legacy = "".join(line + "\n" for line in
+                     (ROOT / "requirements-tflite-runtime.txt").read_text().splitlines()
+                     if line and not line.startswith("#"))
     return litert, legacy
 
 
@@ -56,7 +88,7 @@ def make_bundle(model: Path, out: Path) -> Path:
         model.name: model.read_bytes(),
         "requirements.txt": litert.encode(),
         "requirements-tflite-runtime.txt": legacy.encode(),
-        "README.txt": README.format(model=model.name).encode(),
+        "README.txt": readme(model).encode(),
     }
     labels = (float_card_of(model) or {}).get("labels")  # trained models name their classes
     if labels:
@@ -82,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="archive path (default: <model>_bundle.tar.gz beside it)")
     args = p.parse_args(argv)
-    model = Path(args.model)
+    model = coral_model(Path(args.model))
     out = Path(args.out) if args.out else model.with_name(f"{model.stem}_bundle.tar.gz")
     try:
         make_bundle(model, out)
