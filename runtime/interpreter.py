@@ -79,6 +79,12 @@ def is_edgetpu_model(model_path: str | os.PathLike) -> bool:
     return b"edgetpu-custom-op" in Path(model_path).read_bytes()
 
 
+def xnnpack_partitions(interpreter) -> int:
+    """How many pieces XNNPACK runs the graph in: one DELEGATE node per piece, the ops it
+    does not take left between them on LiteRT's built-in kernels (0: none delegated)."""
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
 def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None,
                      edgetpu: bool | None = None, device: str | None = None,
                      reference_kernels: bool = False):
