@@ -19,7 +19,6 @@ from build.keras_env import keras, tf
 from quantize.variants import Variant, make_converter
 from runtime import tflite_graph as tg
 
-_IO_TYPES = {np.int8: tf.int8, np.uint8: tf.uint8, np.float32: tf.float32}
 
 
 def calibrate(graph: keras.Model, variant: Variant,
@@ -40,9 +39,12 @@ def quantize(calibrated: bytes, io_type=np.int8, float_nodes: Sequence[str] = ()
     8-bit cap nor ties between classes one step apart).
     """
     model = tflite_convert.mlir_quantize(
-        calibrated, fully_quantize=True, input_data_type=_IO_TYPES[io_type],
-        output_data_type=_IO_TYPES[io_type], denylisted_nodes=list(float_nodes))
-    return drop_output_quantize(model) if float_output else model
+        calibrated, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8,
+        denylisted_nodes=list(float_nodes))
+    if float_output:
+        model = drop_output_quantize(model)
+    # the quantizer makes int8 interfaces only (it ignores the types asked for)
+    return tg.uint8_interface(model) if io_type == np.uint8 else model
 
 
 def drop_output_quantize(model: bytes) -> bytes:

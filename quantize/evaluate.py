@@ -49,7 +49,9 @@ def evaluate_run(run_dir: Path, data: Path, limit: int | None = None) -> dict:
     names = _class_names(card, card["num_classes"])
     classifiers = {name: Classifier(run_dir / v["file"])
                    for name, v in manifest["variants"].items()}
-    accumulators = {name: drift.DriftAccumulator(with_labels=True) for name in classifiers}
+    accumulators = {name: drift.DriftAccumulator(with_labels=True,
+                                                 saturation=c.output_ceiling)
+                    for name, c in classifiers.items()}
     paths, labels_seen, skipped = [], [], {}
     float_answers: list[int] = []
     answers: dict[str, dict[int, int]] = {name: {} for name in classifiers}

@@ -19,7 +19,7 @@ from quantize.measure import measured
 from runtime import preprocessing
 from runtime.classify import Classifier
 from runtime.fileio import sha256, staged_outputs, write_json
-from runtime.interpreter import interpreter_name
+from runtime.interpreter import interpreter_name, xnnpack_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIBRATION = ROOT / "calibration_data"
@@ -83,11 +83,11 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
     data = read_data(config, model, card)
     results: dict[str, dict] = {}
     manifest_variants: dict[str, dict] = {}
-    calibrated_int8 = None
+    calibrated_int8, recipes = None, {}
     with staged_outputs(config.out) as stage:
         for name in config.variants:
             made = make_variant(name, qat_model if name == "qat" else model, data, config,
-                                stage)
+                                stage, recipes)
             path = stage / model_file(name)
             path.write_bytes(made.pop("tflite"))
             if name == "int8":
@@ -97,7 +97,7 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
             manifest_variants[name] = {"file": path.name, "sha256": sha256(path),
                                        "bytes": path.stat().st_size, "graph": made["graph"],
                                        "io": results[name]["io"],
-                                       **_recipe_facts(made)}
+                                       **_recipe_facts(made), **_compiled(made, stage)}
         per_layer = None
         if config.layer_errors and calibrated_int8 is not None:
             print("[int8] per-layer error (quantization debugger)", flush=True)
@@ -124,48 +124,64 @@ def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
                    drift.keras_logits(model, evaluation.pixels) if evaluation else None)
 
 
-def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage: Path
-                 ) -> dict:
-    """One variant's bytes, what its graph is, and its Edge TPU verdict (full integer)."""
+def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage: Path,
+                 recipes: dict) -> dict:
+    """One variant's bytes, what its graph is, and the Edge TPU verdict of those bytes.
+
+    `recipes` keeps accuracy-first results by input type: `uint8` and `coral` are the CPU
+    and the Edge TPU graphs of one quantization.
+    """
     variant = variants.VARIANTS[name]
     print(f"[{name}] converting: {variant.description}", flush=True)
-    made: dict = {"graph": "as converted"}
-    with measured() as cost:
-        if variant.accuracy_first:
-            int8 = recipe.build(model, variant, data.calibration.pixels,
-                                data.held_out.pixels, data.reference, config.recipe,
-                                config.num_threads)
-            tflite, integer = (int8.cpu, int8.integer) if config.float_pools else \
-                (int8.integer, int8.integer)
-            made.update(calibrated=int8.calibrated, recipe={
-                "mode": config.recipe.mode, "range_method": int8.range_method,
-                "float_logits": config.recipe.float_logits and config.float_pools,
-                "bias_correction": config.recipe.bias_correction,
-                "float_layers": [{k: v for k, v in e.items() if k != "node"}
-                                 for e in int8.float_layers],
-                "steps": int8.steps})
-        else:
-            representative = variants.representative_dataset(data.calibration.pixels,
-                                                              variant) \
-                if variant.calibrated else None
-            tflite = integer = variants.convert(model, variant, representative)
+    made: dict = {}
+    if variant.accuracy_first:
+        if variant.integer_io not in recipes:
+            with measured() as cost:
+                built = recipe.build(model, variant, data.calibration.pixels,
+                                     data.held_out.pixels, data.reference, config.recipe,
+                                     config.num_threads)
+            recipes[variant.integer_io] = built, cost
+        int8, cost = recipes[variant.integer_io]  # one quantization, two files
+        cpu_file = config.float_pools and not variant.edgetpu
+        tflite = int8.cpu if cpu_file else int8.integer
+        made.update(calibrated=int8.calibrated, recipe={
+            "mode": config.recipe.mode, "range_method": int8.range_method,
+            "float_logits": config.recipe.float_logits and cpu_file,
+            "bias_correction": config.recipe.bias_correction,
+            "float_layers": [{k: v for k, v in e.items() if k != "node"}
+                             for e in int8.float_layers] if cpu_file else [],
+            "steps": int8.steps})
+    else:
+        representative = variants.representative_dataset(data.calibration.pixels, variant) \
+            if variant.calibrated else None
+        with measured() as cost:
+            tflite = variants.convert(model, variant, representative)
     made["conversion"] = cost
-    if variant.full_integer:  # the Edge TPU takes the all-integer graph
-        made["edgetpu"] = edgetpu.readiness(integer)
-        made["edgetpu"]["compiler"] = edgetpu.compile_bytes(integer, model_file(name), stage)
+    tflite, made["graph"] = _cpu_edits(tflite, variant, config, made.get("recipe", {}))
+    if variant.full_integer:  # judged on the bytes that ship
+        made["edgetpu"] = edgetpu.readiness(tflite)
+    if variant.edgetpu:
+        made["edgetpu"]["compiler"] = edgetpu.compile_bytes(tflite, model_file(name), stage)
+    made["tflite"] = tflite
+    return made
+
+
+def _cpu_edits(tflite: bytes, variant, config: QuantizeConfig, recipe_facts: dict
+               ) -> tuple[bytes, str]:
+    """The pool islands where the variant wants them, and what the graph now is."""
     parts = []
     pools = len(pool_islands.integer_pools_of(tflite))
     if variant.pool_islands and config.float_pools and pools:
         tflite = pool_islands.float_pools(tflite)
         parts.append(f"{pools} average pools as float islands, for XNNPACK")
-    if made.get("recipe", {}).get("float_logits"):
+    if recipe_facts.get("float_logits"):
         parts.append("float logits")
-    if made.get("recipe", {}).get("float_layers"):
-        parts.append(f"{len(made['recipe']['float_layers'])} layers in float (fallback)")
-    made["graph"] = "; ".join(parts) or \
-        ("all-integer" if variant.full_integer else "as converted")
-    made["tflite"] = tflite
-    return made
+    if recipe_facts.get("float_layers"):
+        parts.append(f"{len(recipe_facts['float_layers'])} layers in float (fallback)")
+    if variant.edgetpu:
+        parts.append("all-integer, for the Edge TPU")
+    return tflite, "; ".join(parts) or ("all-integer" if variant.full_integer
+                                        else "as converted")
 
 
 def describe_variant(path: Path, made: dict, data: RunData, config: QuantizeConfig
@@ -177,6 +193,7 @@ def describe_variant(path: Path, made: dict, data: RunData, config: QuantizeConf
     entry = {"file": path.name, "description": variant.description, "graph": made["graph"],
              "bytes": path.stat().st_size, "conversion": made["conversion"],
              "io": _io(classifier),
+             "xnnpack_partitions": xnnpack_partitions(classifier.interpreter),
              "drift": drift.compare(data.reference, drift.tflite_logits(
                  classifier, data.held_out.pixels, f"[{variant.name}] held-out drift"),
                  saturation=ceiling)}
@@ -233,6 +250,17 @@ def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData
     (stage / "report.md").write_text(report.markdown(full_report))
     write_json(stage / "manifest.json", manifest)
     return full_report
+
+
+def _compiled(made: dict, stage: Path) -> dict:
+    """The Edge TPU compiler's model and log, when it ran, with their hashes."""
+    compiler = made.get("edgetpu", {}).get("compiler") or {}
+    found = {}
+    for key in ("model", "log"):
+        name = compiler.get(key)
+        if name and (stage / name).is_file():
+            found[key] = {"file": name, "sha256": sha256(stage / name)}
+    return {"edgetpu_compiled": found} if found else {}
 
 
 def _recipe_facts(made: dict) -> dict:

@@ -75,7 +75,7 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     """The accuracy-first int8 (or uint8) graphs of `model`, with what each step bought."""
     if recipe.mode not in MODES:
         raise ValueError(f"Unknown int8 mode {recipe.mode!r}; choose from {', '.join(MODES)}.")
-    io_type = np.uint8 if variant.name == "uint8" else np.int8
+    io_type = np.dtype(variant.integer_io).type
     graph = graph_for(model, variant)
     calibrated_graph = calibrated.calibrate(graph, variant,
                                             representative_dataset(calibration, variant))

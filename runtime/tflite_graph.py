@@ -118,3 +118,35 @@ def new_op(model: schema.ModelT, builtin: int, version: int, inputs: list[int],
     op.inputs, op.outputs = list(inputs), list(outputs)
     op.builtinOptionsType, op.builtinOptions = options[0], options[1]()
     return op
+
+
+def uint8_interface(model: bytes) -> bytes:
+    """int8 inputs and outputs as uint8 (same scale, zero point + 128), each joined to the
+    graph by a requantizing QUANTIZE: the interface the converter gives uint8 models."""
+    m = load(model)
+    graph = m.subgraphs[0]
+    renamed: dict[int, int] = {}
+
+    def twin(index: int) -> int:
+        source = graph.tensors[index]
+        name = tensor_name(source)
+        source.name = name + "/int8"
+        new = new_tensor(m, source, TYPE.UINT8, name)
+        q = schema.QuantizationParametersT()
+        q.scale = np.array(source.quantization.scale, dtype=np.float32)
+        q.zeroPoint = np.array(source.quantization.zeroPoint, dtype=np.int64) + 128
+        graph.tensors[new].quantization = q
+        renamed[index] = new
+        return new
+
+    inputs = [i for i in graph.inputs if graph.tensors[i].type == TYPE.INT8]
+    outputs = [i for i in graph.outputs if graph.tensors[i].type == TYPE.INT8]
+    head = [new_op(m, OP.QUANTIZE, 2, [twin(i)], [i]) for i in inputs]
+    tail = [new_op(m, OP.QUANTIZE, 2, [i], [twin(i)]) for i in outputs]
+    graph.operators = head + list(graph.operators) + tail
+    graph.inputs = [renamed.get(i, i) for i in graph.inputs]
+    graph.outputs = [renamed.get(i, i) for i in graph.outputs]
+    for signature in m.signatureDefs or []:
+        for tensor_map in (signature.inputs or []) + (signature.outputs or []):
+            tensor_map.tensorIndex = renamed.get(tensor_map.tensorIndex, tensor_map.tensorIndex)
+    return pack(m)

@@ -45,6 +45,8 @@ def test_the_shipped_cpu_files_are_one_xnnpack_piece(tiny_run, name):
     shipped = (out / pipeline.model_file(name)).read_bytes()
     assert _ops_after_delegation(shipped)["DELEGATE"] == 1
     assert "float islands" in report["variants"][name]["graph"]
+    assert report["variants"][name]["xnnpack_partitions"] == 1
+    assert report["variants"]["int8-stock"]["xnnpack_partitions"] == 11  # 10 pools between
 
 
 def test_round_trip_restores_the_converter_graph(graphs, tiny_float_dir, tmp_path):

@@ -58,10 +58,27 @@ def test_full_integer_models_are_integer_but_for_pool_islands_and_logits(tiny_ru
     activations = {t.dtype for op in ops[:-3] for t in op.inputs + op.outputs
                    if not t.constant}
     assert activations <= {"int8", "uint8"}, activations
-    assert report["variants"][name]["edgetpu"]["single_subgraph"]
+    # judged on the file that ships: the islands and float logits run on the CPU
+    assert not report["variants"][name]["edgetpu"]["single_subgraph"]
     floats = {op.name for op in edgetpu.read_ops(cpu_graph)[:-3]
               if any(t.dtype == "float32" for t in op.inputs + op.outputs)}
     assert floats == {"DEQUANTIZE", "AVERAGE_POOL_2D", "QUANTIZE"}
+
+
+def test_the_coral_file_is_one_edge_tpu_subgraph_and_named_for_it(tiny_run):
+    out, report = tiny_run
+    entry = report["variants"]["coral"]
+    assert entry["file"] == "inception_v3_coral.tflite"
+    assert entry["edgetpu"]["single_subgraph"] and entry["edgetpu"]["on_cpu"] == []
+    assert entry["io"]["input_dtype"] == entry["io"]["output_dtype"] == "uint8"
+    assert entry["io"]["input_quantization"] == [1.0, 0]
+    ops = edgetpu.read_ops((out / entry["file"]).read_bytes())
+    assert {t.dtype for op in ops for t in op.inputs + op.outputs if not t.constant} \
+        == {"uint8", "int8"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variants"]["coral"]["sha256"] == sha256(out / entry["file"])
+    assert "not on the PATH" in entry["edgetpu"]["compiler"]["note"]
+    assert "inception_v3_coral.tflite" in (out / "report.md").read_text()
 
 
 def test_float_model_is_not_edgetpu_ready(tiny_run):
@@ -216,9 +233,9 @@ def test_check_op_rules():
         edgetpu.Op(5, "SOFTMAX", [t("int8", (1, 20000))], [t("int8", (1, 20000))]))[0]
 
 
-def test_edgetpu_compiler_is_run_when_installed(tiny_run, tmp_path, monkeypatch):
-    """A stand-in compiler on the PATH: checks our invocation and what we keep."""
-    out, _ = tiny_run
+@pytest.fixture
+def fake_compiler(tmp_path, monkeypatch):
+    """A stand-in edgetpu_compiler on the PATH: copies the model as the compiled file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "edgetpu_compiler"
@@ -226,6 +243,13 @@ def test_edgetpu_compiler_is_run_when_installed(tiny_run, tmp_path, monkeypatch)
                     'cp "$4" "$3/${stem}_edgetpu.tflite"\necho "Model compiled successfully."\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return fake
+
+
+def test_edgetpu_compiler_is_run_when_installed(tiny_run, tmp_path, monkeypatch,
+                                                fake_compiler):
+    """Checks our invocation and what we keep."""
+    out, _ = tiny_run
     model = tmp_path / "m.tflite"
     shutil.copy(out / pipeline.model_file("uint8"), model)
     result = edgetpu.compile_model(model, tmp_path)
@@ -233,6 +257,19 @@ def test_edgetpu_compiler_is_run_when_installed(tiny_run, tmp_path, monkeypatch)
     assert "compiled successfully" in (tmp_path / result["log"]).read_text()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert "not on the PATH" in edgetpu.compile_model(model, tmp_path)["note"]
+
+
+def test_the_coral_run_keeps_the_compiled_model_and_log(tiny_float_dir, tmp_path,
+                                                       fake_compiler):
+    out = tmp_path / "run"
+    pipeline.run(pipeline.QuantizeConfig(float_dir=tiny_float_dir, out=out,
+                                         variants=["coral"], calibration_dir=CALIBRATION_DIR,
+                                         layer_errors=False))
+    compiled = json.loads((out / "manifest.json").read_text())["variants"]["coral"][
+        "edgetpu_compiled"]
+    assert compiled["model"]["file"] == "inception_v3_coral_edgetpu.tflite"
+    assert compiled["model"]["sha256"] == sha256(out / compiled["model"]["file"])
+    assert "compiled successfully" in (out / compiled["log"]["file"]).read_text()
 
 
 def test_make_quantize_cli_builds_float_model_first(tmp_path):
