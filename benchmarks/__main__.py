@@ -61,6 +61,11 @@ def our_candidates(run: Path, manifest: dict, work: Path, splits: bool
     """Every variant file of the run, the all-integer int8 graph, and one graph per split."""
     specs = [Spec(name, "tflite", str(run / entry["file"]), "ours", name)
              for name, entry in manifest["variants"].items()]
+    if "int8-stock" in manifest["variants"]:  # the speed reference of the accuracy recipe
+        path = work / "inception_v3_int8-stock_islands.tflite"
+        path.write_bytes(pool_islands.float_pools(
+            (run / manifest["variants"]["int8-stock"]["file"]).read_bytes()))
+        specs.append(Spec(report.PREVIOUS_INT8, "tflite", str(path), "ours", "int8"))
     split_specs, split_info = [], []
     if "int8" in manifest["variants"]:
         cpu = (run / manifest["variants"]["int8"]["file"]).read_bytes()
@@ -120,7 +125,7 @@ def measure_drift(specs: list[Spec], model, pixels: np.ndarray, labels, threads:
         print(f"[drift] {spec.name}", flush=True)
         candidate = open_candidate(spec, threads)
         logits = np.stack([candidate.invoke(candidate.tensor(p)) for p in pixels])
-        result = drift.compare(reference, logits, labels)
+        result = drift.compare(reference, logits, labels, saturation=candidate.ceiling)
         result.pop("flipped", None)
         found[spec.name] = result
     return found

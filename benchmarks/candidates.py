@@ -36,6 +36,7 @@ class Loaded:
     tensor: Callable[[np.ndarray], object]      # uint8 pixels (H, W, 3) -> model input
     invoke: Callable[[object], np.ndarray]      # model input -> logits, shape (classes,)
     size: tuple[int, int]                       # (height, width) the model takes
+    ceiling: float | None = None                # an 8-bit output's largest value
 
 
 def model_bytes(spec: Spec) -> int:
@@ -55,7 +56,8 @@ def _normalized(pixels: np.ndarray) -> np.ndarray:
 def _open_tflite(spec: Spec, threads: int) -> Loaded:
     from runtime.classify import Classifier
     classifier = Classifier(spec.path, num_threads=threads)
-    return Loaded(classifier.input_tensor, classifier.run, classifier.size)
+    return Loaded(classifier.input_tensor, classifier.run, classifier.size,
+                  classifier.output_ceiling)
 
 
 def _open_tflite_tensor(spec: Spec, threads: int) -> Loaded:

@@ -35,14 +35,15 @@ def test_bench_writes_json_markdown_and_a_real_chart(bench):
     for name in results["candidates"]:
         assert f"`{name}`" in markdown
     assert "## What each XNNPACK split costs" in markdown
+    assert "## Accuracy against the float Keras model" in markdown
 
 
 @pytest.mark.slow
 def test_every_candidate_has_latency_memory_and_drift(bench):
     _, results = bench
     candidates = results["candidates"]
-    assert set(variants.POST_TRAINING) | {ALL_INTEGER, "keras float32 (tf.function)"} \
-        <= set(candidates)
+    assert set(variants.POST_TRAINING) | {ALL_INTEGER, report.PREVIOUS_INT8,
+                                          "keras float32 (tf.function)"} <= set(candidates)
     for name, entry in candidates.items():
         figures = entry["latency"]["1"]
         assert figures["runs"] == 3 and 0 < figures["p50_ms"] <= figures["p90_ms"], name
@@ -50,6 +51,8 @@ def test_every_candidate_has_latency_memory_and_drift(bench):
         assert entry["bytes"] > 0
         if entry["family"] != "keras":
             assert 0 <= entry["drift"]["top1_agreement"] <= 1, name
+            assert sum(entry["drift"]["flips"].values()) == round(
+                entry["drift"]["images"] * (1 - entry["drift"]["top1_agreement"])), name
     assert candidates["float32"]["latency"]["1"]["speedup_vs_float32"] == 1.0
     # The device runtime's process holds no TensorFlow: far below the Keras process.
     assert candidates["int8"]["memory"]["peak_rss_mb"] < \
@@ -70,6 +73,8 @@ def test_peers_are_measured_or_skipped_with_a_note(bench):
             assert not names and "skipped" in results["peers"][peer]
         else:
             assert {f"{peer} float32", f"{peer} int8"} <= set(names)
+            if peer == "openvino":
+                assert "openvino int8 (NNCF accurate)" in names
             int8 = results["candidates"][f"{peer} int8"]
             # Calibrated on the same images: it agrees with float like ours does.
             assert int8["drift"]["cosine_similarity"] > 0.95
@@ -100,6 +105,21 @@ def test_verdicts_compare_int8_with_float32_and_peer_int8():
                      "int8 faster than openvino int8 at 1 thread(s)": False}
 
 
+def test_accuracy_verdicts_follow_the_issue_targets():
+    def entry(agreement, flips, change=0.0, family="ours"):
+        kinds = {"tie": flips, "saturated": 0, "other": 0}
+        return {"family": family, "precision": "int8",
+                "drift": {"top1_agreement": agreement, "flips": kinds, "quantized_top1": 0.7,
+                          "top1_change_points": change}}
+    candidates = {"int8": entry(0.99, 30), "int8-stock": entry(0.97, 90),
+                  "openvino int8": entry(0.992, 24, family="openvino")}
+    found = {v["target"].split(",")[0][:40]: v["met"]
+             for v in report.accuracy_verdicts(candidates)}
+    assert list(found.values()) == [True, True, False]  # a third of stock's flips: met
+    candidates["int8"] = entry(0.99, 31, change=-0.3)
+    assert [v["met"] for v in report.accuracy_verdicts(candidates)] == [False, False, False]
+
+
 def test_every_kind_opens_to_the_same_calls(tiny_run):
     run, _ = tiny_run
     spec = Spec("int8", "tflite", str(run / "inception_v3_int8.tflite"), "ours", "int8")
@@ -108,3 +128,14 @@ def test_every_kind_opens_to_the_same_calls(tiny_run):
     assert logits.shape == (1000,) and logits.dtype == np.float32
     with pytest.raises(ValueError, match="Unknown candidate kind"):
         open_candidate(Spec("x", "caffe", "x", "ours", "int8"), 1)
+
+
+def test_the_cpu_class_says_whether_int8_has_a_dot_product():
+    from benchmarks import machine
+    assert machine.cpu_class("x86_64", {"avx2", "fma"}) == \
+        "x86_64 without int8 dot product (AVX2)"
+    assert machine.cpu_class("x86_64", {"avx2", "avx512f", "avx512_vnni"}) == \
+        "x86_64 with int8 dot product (AVX-512 VNNI)"
+    assert machine.cpu_class("aarch64", {"asimd", "asimddp"}).startswith(
+        "aarch64 with int8 dot product (sdot")
+    assert machine.describe()["cpu_class"]
