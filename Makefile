@@ -32,7 +32,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	--int8-mode $(INT8_MODE) --fallback-target $(FALLBACK_TARGET) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
-.PHONY: setup setup-peers test test-fast build train reference quantize qat eval test-arm bundle bench clean
+.PHONY: setup setup-peers setup-tflite-runtime test test-fast build train reference quantize qat eval test-arm bundle bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,16 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# The device runtime on tflite-runtime (numpy < 2), beside the pipeline's environment;
+# tests/test_tflite_runtime.py compares it with ai-edge-litert when it is there.
+TFLITE_RUNTIME_VENV := .venv-tflite-runtime
+setup-tflite-runtime: $(TFLITE_RUNTIME_VENV)/.installed
+
+$(TFLITE_RUNTIME_VENV)/.installed: requirements-tflite-runtime.txt
+	test -x $(TFLITE_RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(TFLITE_RUNTIME_VENV)
+	$(TFLITE_RUNTIME_VENV)/bin/python -m pip install --quiet -r requirements-tflite-runtime.txt
 	touch $@
 
 # Optional peers for make bench: ONNX Runtime (tf2onnx) and OpenVINO (NNCF).
