@@ -73,8 +73,8 @@ def by_hand(model_path: Path, image: str, k: int = 5):
     normalized = pixels.astype(np.float32) / np.float32(127.5) - np.float32(1)
     if inp["dtype"] == np.float32:
         x = normalized
-    elif scale == 1.0 and zero == 0:
-        x = pixels
+    elif scale == 1.0:  # the input quantization spans pixel values: raw pixels, shifted
+        x = pixels.astype(np.int32) + zero
     else:
         info = np.iinfo(inp["dtype"])
         x = np.clip(np.round(normalized / np.float32(scale) + zero), info.min, info.max)
