@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                    if config.max_top1_drop is not None else None,
                    f"under the agreement of {config.min_agreement} %"
                    if config.min_agreement is not None else None]
-        print(f"error: {' or '.join(b for b in budgets if b)}: {', '.join(gate['failed'])} "
-              f"({report.gate_failures(gate)})", file=sys.stderr)
+        print(f"error: {' or '.join(b for b in budgets if b)}: {report.gate_failures(gate)}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -1,13 +1,13 @@
 """Quantization-aware training: fine-tune the float model with fake quantization, to
 answer as the float model does.
 
-tensorflow-model-optimization wraps every layer of the logits graph but the logits layer
-(it needs Keras 2, which is why the whole pipeline uses tf-keras); training then learns
-weights that survive int8 rounding. The loss is distillation from the float model (the
-cross-entropy to its softmax on the same augmented image), not the labels: trained on
-labels, QAT learns a different model (81 % of the float model's answers kept, measured),
-where the point is the same model in int8. As in the accuracy-first recipe the logits
-layer stays float, so the output has no 8-bit cap and no ties.
+tensorflow-model-optimization wraps every layer of the logits graph (it needs Keras 2,
+which is why the whole pipeline uses tf-keras); training then learns weights that survive
+int8 rounding. The loss is distillation from the float model (the cross-entropy to its
+softmax on the same augmented image), not the labels: trained on labels, QAT learns a
+different model (81 % of the float model's answers kept, measured), where the point is
+the same model in int8. The whole graph is quantized: a float logits layer, as the
+accuracy-first int8 has, let the converter leave other un-annotated ops in float too.
 
 Two things tfmot gets wrong on this network are avoided: its layout transforms (which
 fold conv + batch norm) reorder the inputs of Mixed_6a's and Mixed_7a's concatenations,
@@ -23,9 +23,6 @@ from build.inception_v3 import fold_batch_norm
 from build.keras_env import keras, tf
 from build.train import TrainConfig, datasets, load_training_data
 from build.weights import short_name
-
-
-FLOAT_LAYERS = ("InceptionV3/Logits/Conv2d_1c_1x1", "InceptionV3/Logits/SpatialSqueeze")
 
 
 class Distillation(keras.Model):
@@ -85,7 +82,7 @@ def quantization_aware(model: keras.Model, card: dict, data: str, val: str | Non
                              num_classes=card["num_classes"],
                              depth_multiplier=card["depth_multiplier"],
                              min_depth=card["min_depth"], dropout_keep_prob=None)
-    qat = quantize_without_transforms(folded, keep_float=FLOAT_LAYERS)
+    qat = quantize_without_transforms(folded)
     calibrate_ranges(qat, folded, x_val[:32])
     distillation = Distillation(qat, float_model.logits_model(model))
     distillation.compile(optimizer=keras.optimizers.Adam(learning_rate))
@@ -122,10 +119,8 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
     return len(targets)
 
 
-def quantize_without_transforms(model: keras.Model, keep_float: tuple[str, ...] = ()
-                                ) -> keras.Model:
-    """tfmot's default 8-bit scheme with its layout transforms switched off; the layers
-    named in `keep_float` stay float."""
+def quantize_without_transforms(model: keras.Model) -> keras.Model:
+    """tfmot's default 8-bit scheme with its layout transforms switched off."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras import (
         quantize_layout_transform)
@@ -138,11 +133,6 @@ def quantize_without_transforms(model: keras.Model, keep_float: tuple[str, ...] 
         def get_layout_transformer(self):
             return NoTransforms()
 
-    def annotate(layer):
-        if layer.name in keep_float or isinstance(layer, keras.layers.InputLayer):
-            return layer
-        return tfmot.quantization.keras.quantize_annotate_layer(layer)
-
-    annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
     with tfmot.quantization.keras.quantize_scope():
         return tfmot.quantization.keras.quantize_apply(annotated, Scheme())

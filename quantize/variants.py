@@ -24,7 +24,6 @@ class Variant:
     pixel_input: bool = False       # takes raw 0..255 pixels (normalisation inside)
     accuracy_first: bool = False    # made by quantize/recipe.py (float logits, ranges, ...)
     pool_islands: bool = False      # the CPU file's average pools run in float (XNNPACK)
-    float_logits: bool = False      # its graph keeps the logits layer float (qat)
     integer_io: str = "int8"        # input (and integer output) type of integer graphs
     edgetpu: bool = False           # the all-integer file for the Coral Edge TPU
 
@@ -48,9 +47,8 @@ VARIANTS = {v.name: v for v in (
             calibrated=True),
     # QAT ranges come from the fake-quant layers; the converter still wants samples to
     # make the input and output integer.
-    Variant("qat", "quantization-aware trained (make qat, distilled from float), int8 input, "
-            "float logits", calibrated=True, full_integer=True, pool_islands=True,
-            float_logits=True),
+    Variant("qat", "quantization-aware trained (make qat, distilled from float), full integer, "
+            "int8 input and output", calibrated=True, full_integer=True, pool_islands=True),
 )}
 POST_TRAINING = [name for name in VARIANTS if name != "qat"]
 
@@ -100,9 +98,6 @@ def make_converter(graph: keras.Model, variant: Variant,
     io_type = tf.uint8 if variant.integer_io == "uint8" else tf.int8
     converter.inference_input_type = io_type
     converter.inference_output_type = io_type
-    if variant.float_logits:  # the un-quantized logits layer runs on float builtins
-        converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
-        converter.inference_output_type = tf.float32
     return converter
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from build import float_model
 from build.train import TrainConfig, train
 from conftest import ROOT
-from quantize import evaluate, pipeline
+from quantize import edgetpu, evaluate, pipeline, pool_islands
 from quantize.qat import quantization_aware
 
 pytestmark = pytest.mark.slow
@@ -103,9 +103,11 @@ def test_quantization_aware_training_converts_to_full_integer(trained, digits, t
                              min_crop_area=0.7)
     report = _quantize(out, tmp_path / "qat", digits / "train", digits, ("qat",), qat)
     entry = report["variants"]["qat"]
-    assert entry["io"]["input_dtype"] == "int8" and entry["io"]["output_dtype"] == "float32"
-    tpu = entry["edgetpu"]  # all but the float logits layer (DEQUANTIZE, CONV_2D, RESHAPE)
-    assert tpu["ops_on_edgetpu"] == tpu["ops"] - 3
+    assert entry["io"]["input_dtype"] == entry["io"]["output_dtype"] == "int8"
+    ops = edgetpu.read_ops(pool_islands.integer_pools((tmp_path / "qat" / entry["file"])
+                                                      .read_bytes()))
+    assert {t.dtype for op in ops for t in op.inputs + op.outputs if not t.constant} == \
+        {"int8"}  # every op quantized: the CPU file differs only by its pool islands
     assert entry["eval"]["quantized_top1"] >= 0.85
     assert entry["eval"]["top1_agreement"] >= 0.9
 
