@@ -60,7 +60,7 @@ $(VENV)/.peers-installed: requirements-peers.txt $(VENV)/.installed
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
