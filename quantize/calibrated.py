@@ -5,8 +5,8 @@ float graph and records each tensor's min and max (calibration), then its MLIR q
 turns those ranges into scales and zero points. Holding the calibrated graph in between
 lets the accuracy-first recipe choose each tensor's range itself (quantize/ranges.py),
 keep chosen layers in float (`float_nodes`: the logits, the fallback layers) and try
-every combination from one calibration pass. `quantize(calibrated)` with no options is
-byte for byte what the converter makes.
+every combination from one calibration pass. `quantize(calibrated)` with no options
+quantizes as the converter does (the same ops and ranges; the bytes differ in metadata).
 """
 from __future__ import annotations
 

@@ -66,10 +66,6 @@ class Op:
     dilation: tuple[int, int] | None = None
     problems: list[str] = field(default_factory=list)
 
-    @property
-    def mapped(self) -> bool:
-        return not self.problems
-
 
 def read_ops(model: bytes) -> list[Op]:
     """The main subgraph's ops in execution order, with their tensors and options."""

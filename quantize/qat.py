@@ -69,7 +69,6 @@ def quantization_aware(model: keras.Model, card: dict, data: str, val: str | Non
                        epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-5,
                        seed: int = 0, flip: bool = True, min_crop_area: float = 0.25,
                        limit_per_class: int | None = None) -> keras.Model:
-    import tensorflow_model_optimization as tfmot
     config = TrainConfig(data=data, out="", input_size=tuple(card["input_size"]),
                          epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          val=val, seed=seed, flip=flip, min_crop_area=min_crop_area,

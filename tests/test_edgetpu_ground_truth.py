@@ -1,8 +1,6 @@
 """The Edge TPU readiness predictor against what Coral's real compiler did, op by op."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from quantize import edgetpu
