@@ -20,7 +20,6 @@ from quantize.variants import Variant, make_converter
 from runtime import tflite_graph as tg
 
 
-
 def calibrate(graph: keras.Model, variant: Variant,
               representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:
     """The float graph with the min and max of every activation on `representative`."""

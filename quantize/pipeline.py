@@ -90,9 +90,9 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
                                 stage, recipes)
             path = stage / model_file(name)
             path.write_bytes(made.pop("tflite"))
+            calibrated = made.pop("calibrated", None)
             if name == "int8":
-                calibrated_int8 = made.pop("calibrated", None)
-            made.pop("calibrated", None)
+                calibrated_int8 = calibrated
             results[name] = describe_variant(path, made, data, config)
             manifest_variants[name] = {"file": path.name, "sha256": sha256(path),
                                        "bytes": path.stat().st_size, "graph": made["graph"],

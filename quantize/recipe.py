@@ -54,7 +54,7 @@ class Int8Model:
     calibrated: bytes               # the calibrated float graph with the chosen ranges
     steps: list[dict] = field(default_factory=list)
     range_method: str = "minmax"
-    float_layers: list[str] = field(default_factory=list)
+    float_layers: list[dict] = field(default_factory=list)  # fallback.search's entries
 
 
 def held_out_drift(model: bytes, pixels: np.ndarray, reference: np.ndarray,
@@ -70,8 +70,8 @@ def held_out_drift(model: bytes, pixels: np.ndarray, reference: np.ndarray,
 
 
 def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray,
-          reference: np.ndarray, recipe: Recipe = Recipe(), num_threads: int | None = None,
-          debug_images: np.ndarray | None = None) -> Int8Model:
+          reference: np.ndarray, recipe: Recipe = Recipe(), num_threads: int | None = None
+          ) -> Int8Model:
     """The accuracy-first int8 (or uint8) graphs of `model`, with what each step bought."""
     if recipe.mode not in MODES:
         raise ValueError(f"Unknown int8 mode {recipe.mode!r}; choose from {', '.join(MODES)}.")
@@ -81,11 +81,9 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
                                             representative_dataset(calibration, variant))
     steps = []
 
-    def measure(step: str, candidate: bytes, **extra) -> dict:
-        entry = {"step": step, **held_out_drift(candidate, held_out, reference, num_threads),
-                 **extra}
-        steps.append(entry)
-        return entry
+    def measure(step: str, candidate: bytes, score: dict | None = None, **extra) -> None:
+        score = score or held_out_drift(candidate, held_out, reference, num_threads)
+        steps.append({"step": step, **score, **extra})
 
     measure("converter", calibrated.quantize(calibrated_graph, io_type))
     logits = calibrated.logits_nodes(calibrated_graph) if recipe.float_logits else []
@@ -98,22 +96,21 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
         measure("float logits", quantize(calibrated_graph))
     stats = activation_stats.collect(
         calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads or 1)
-    method, ranged = _choose_ranges(calibrated_graph, stats, recipe, quantize, held_out,
-                                    reference, num_threads)
-    cpu = quantize(ranged)
-    measure(f"ranges ({method})", cpu)
+    method, ranged, cpu, score = _choose_ranges(calibrated_graph, stats, recipe, quantize,
+                                                held_out, reference, num_threads)
+    measure(f"ranges ({method})", cpu, score)
     correct = (lambda q: bias_correction.correct(q, ranged, stats)[0]) \
         if recipe.bias_correction else (lambda q: q)
     if recipe.bias_correction:
         cpu = correct(cpu)
         measure("bias correction", cpu)
     integer = correct(calibrated.quantize(ranged, io_type))
-    float_layers: list[str] = []
+    float_layers: list[dict] = []
     if recipe.mode == "fallback":
         from quantize import fallback
         cpu, float_layers = fallback.search(
             ranged, lambda layers: correct(quantize(ranged, layers)), cpu, steps[-1],
-            recipe, debug_images if debug_images is not None else held_out, variant,
+            recipe, held_out, variant,
             lambda candidate: held_out_drift(candidate, held_out, reference, num_threads))
         measure(f"float fallback ({len(float_layers)} layers)", cpu, layers=float_layers)
     return Int8Model(cpu, integer, ranged, steps, method, float_layers)
@@ -121,20 +118,22 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
 
 def _choose_ranges(calibrated_graph: bytes, stats, recipe: Recipe, quantize,
                    held_out: np.ndarray, reference: np.ndarray, num_threads
-                   ) -> tuple[str, bytes]:
-    """The calibrated graph with the range method that leaves the output closest to
-    float on the held-out images (highest agreement, then SQNR)."""
+                   ) -> tuple[str, bytes, bytes, dict | None]:
+    """The range method that leaves the output closest to float on the held-out images
+    (highest agreement, then SQNR): (method, the calibrated graph with its ranges, that
+    graph quantized, its held-out score; None when only one method was asked for)."""
     graph = tg.load(calibrated_graph).subgraphs[0]
     inputs = tuple(tg.tensor_name(graph.tensors[i]) for i in graph.inputs)
     methods = ranges.METHODS if recipe.range_method == "auto" else (recipe.range_method,)
     best = None
     for method in methods:
-        candidate = calibrated.with_ranges(calibrated_graph,
-                                           ranges.choose(stats, method, keep=inputs))
+        ranged = calibrated.with_ranges(calibrated_graph,
+                                        ranges.choose(stats, method, keep=inputs))
+        quantized = quantize(ranged)
         if len(methods) == 1:
-            return method, candidate
-        score = held_out_drift(quantize(candidate), held_out, reference, num_threads)
+            return method, ranged, quantized, None
+        score = held_out_drift(quantized, held_out, reference, num_threads)
         key = (score["top1_agreement"], score["sqnr_db"])
         if best is None or key > best[0]:
-            best = (key, method, candidate)
-    return best[1], best[2]
+            best = (key, method, ranged, quantized, score)
+    return best[1:]
