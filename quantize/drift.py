@@ -140,8 +140,6 @@ class DriftAccumulator:
             "flipped": list(self.flipped),
             "flips": dict(self.kinds),
             "top1_agreement_ci95": wilson_interval(self.agree, self.n),
-            "flips_ci95": [self.n * (1 - p) for p in
-                           reversed(wilson_interval(self.agree, self.n))],
         }
         if self.with_labels:
             out.update({k: v / n for k, v in self.correct.items()})
