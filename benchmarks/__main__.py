@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -19,9 +18,11 @@ import numpy as np
 from build.keras_env import keras  # noqa: F401  (Keras 2 before TensorFlow loads)
 from benchmarks import latency, machine, memory, peak, peers, report
 from benchmarks.candidates import Spec, model_bytes, open_candidate
-from build import float_model
-from quantize import drift, images, pool_islands
-from quantize.images import DataError
+from build import float_model, images
+from quantize import drift, pool_islands
+from runtime import cli
+from runtime.errors import InputError
+from runtime.fileio import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,9 +51,10 @@ def parse_args(argv):
 
 
 def parse_threads(text: str) -> list[int]:
-    threads = [int(t) for t in text.replace(",", " ").split()]
-    if not threads or min(threads) < 1:
-        raise ValueError(f"THREADS={text!r}: give thread counts such as 1,2.")
+    words = text.replace(",", " ").split()
+    threads = [int(t) for t in words if t.isdigit()]
+    if not threads or len(threads) != len(words) or min(threads) < 1:
+        raise InputError(f"THREADS={text!r}: give thread counts such as 1,2.")
     return threads
 
 
@@ -92,17 +94,17 @@ def our_candidates(run: Path, manifest: dict, work: Path, splits: bool
     return specs, split_specs, split_info
 
 
-def run_images(manifest: dict, size: tuple[int, int]
+def run_images(run: Path, manifest: dict, size: tuple[int, int]
                ) -> tuple[images.ImageSet, images.ImageSet]:
     """The run's calibration and held-out images, drawn again as make quantize drew them
     (the peers calibrate on exactly ours: checked by digest)."""
     cal, held = manifest["calibration"], manifest["held_out"]
-    everything = images.load_folder(cal["folder"], size, what="calibration")
+    everything = images.load_folder(run / cal["folder"], size, what="calibration")
     calibration, held_out = images.split(
         everything, cal.get("samples_requested", cal["images"]),
         held.get("samples_requested", 100), cal.get("seed", 0))
     if calibration.digest() != cal["sha256"]:
-        raise DataError(f"The calibration images in {cal['folder']} are not the ones the run "
+        raise InputError(f"The calibration images in {cal['folder']} are not the ones the run "
                         "was calibrated on (the folder changed); run make quantize again.")
     return calibration, held_out
 
@@ -133,11 +135,7 @@ def measure_drift(specs: list[Spec], model, pixels: np.ndarray, labels, threads:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        return _bench(args, argv if argv is not None else sys.argv[1:])
-    except (ValueError, DataError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return _bench(args, argv if argv is not None else sys.argv[1:])
 
 
 def _bench(args, argv: list[str]) -> int:
@@ -145,10 +143,10 @@ def _bench(args, argv: list[str]) -> int:
     run = Path(args.run)
     manifest_path = run / "manifest.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"No quantize run in {run} (no manifest.json); run `make "
-                                f"quantize OUT={run}` first, or give RUN=<its OUT>.")
-    manifest = json.loads(manifest_path.read_text())
-    float_dir = Path(manifest["float_model"]["folder"])
+        raise InputError(f"No quantize run in {run} (no manifest.json); run `make "
+                         f"quantize OUT={run}` first, or give RUN=<its OUT>.")
+    manifest = read_json(manifest_path, "manifest")
+    float_dir = run / manifest["float_model"]["folder"]
     model, card = float_model.load(float_dir)
     size = tuple(card["input_size"])
     this_machine = machine.describe()
@@ -159,7 +157,7 @@ def _bench(args, argv: list[str]) -> int:
 
     ours, split_specs, split_info = our_candidates(run, manifest, work, not args.no_splits)
     if REFERENCE not in manifest["variants"]:
-        raise ValueError("make bench reports ratios to the float32 TFLite model: the run "
+        raise InputError("make bench reports ratios to the float32 TFLite model: the run "
                          "needs the float32 variant (VARIANTS= empty, or with float32).")
     keras_spec = Spec("keras float32 (tf.function)", "keras", str(float_dir), "keras",
                       "float32")
@@ -167,9 +165,9 @@ def _bench(args, argv: list[str]) -> int:
         args.peers.replace(",", " ").split()
     unknown = set(wanted_peers) - set(peers.PEER_PACKAGES)
     if unknown:
-        raise ValueError(f"Unknown peer(s) {', '.join(sorted(unknown))}; choose from "
+        raise InputError(f"Unknown peer(s) {', '.join(sorted(unknown))}; choose from "
                          f"{', '.join(peers.PEER_PACKAGES)} or none.")
-    calibration, held_out = run_images(manifest, size)
+    calibration, held_out = run_images(run, manifest, size)
     from runtime import preprocessing
     normalized = np.stack([preprocessing.normalize(p) for p in calibration.pixels])
     peer_specs, peer_notes = peers.prepare(float_dir, manifest["float_model"]["sha256"],
@@ -231,4 +229,4 @@ def _bench(args, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

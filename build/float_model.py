@@ -6,7 +6,9 @@ the SHA-256 of the model file.
 """
 from __future__ import annotations
 
+import json
 import platform
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,10 +18,12 @@ from build import inception_v3 as net
 from build.keras_env import keras, tf
 from build.weights import WeightsInfo, load_weights
 from runtime import preprocessing
-from quantize.runs import CARD_FILE
-from runtime.fileio import sha256, staged_outputs, write_json
+from runtime.cards import CARD_FILE
+from runtime.errors import InputError
+from runtime.fileio import read_json, sha256, staged_outputs, write_json
 
 MODEL_FILE = "inception_v3.keras"
+MIN_INPUT, MAX_INPUT = 75, 2048  # slim's smallest input; past 2048 no device holds it
 
 
 @dataclass
@@ -48,11 +52,14 @@ def parse_input_size(text: str | int) -> tuple[int, int]:
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"INPUT_SIZE must be N or HxW, got {text!r}") from None
+        raise InputError(f"INPUT_SIZE must be N or HxW, got {text!r}") from None
     if len(sizes) == 1:
         sizes *= 2
     if len(sizes) != 2:
-        raise ValueError(f"INPUT_SIZE must be N or HxW, got {text!r}")
+        raise InputError(f"INPUT_SIZE must be N or HxW, got {text!r}")
+    if not all(MIN_INPUT <= s <= MAX_INPUT for s in sizes):
+        raise InputError(f"INPUT_SIZE {text!r}: each side must be {MIN_INPUT} to {MAX_INPUT} "
+                         "pixels (InceptionV3's smallest input is 75x75).")
     return sizes[0], sizes[1]
 
 
@@ -124,23 +131,52 @@ def save(model: keras.Model, card: dict, out_dir: str | Path) -> Path:
     """Write the model and its card into `out_dir`, all or nothing."""
     with staged_outputs(out_dir) as staging:
         model.save(staging / MODEL_FILE)
+        _without_save_date(staging / MODEL_FILE)
         card = dict(card, files={MODEL_FILE: sha256(staging / MODEL_FILE)})
         write_json(staging / CARD_FILE, card)
     return Path(out_dir)
 
 
+def _numbered_shared_objects(node, ids: dict[int, int]):
+    """Keras names an object layers share by its memory address: number them instead."""
+    if isinstance(node, dict):
+        return {k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id"
+                else _numbered_shared_objects(v, ids) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_numbered_shared_objects(v, ids) for v in node]
+    return node
+
+
+def _without_save_date(path: Path) -> None:
+    """Rewrite a `.keras` zip without what changes on every save (Keras' `date_saved`,
+    memory addresses as shared-object ids, the weights entry's timestamp): the same model,
+    the same bytes, so its SHA-256 repeats across runs and machines."""
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w") as target:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_numbered_shared_objects(json.loads(data), {})).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            target.writestr(fixed, data)
+
+
 def load(model_dir: str | Path) -> tuple[keras.Model, dict]:
     """A float model folder written by `save`, its checksum verified."""
-    import json
     model_dir = Path(model_dir)
     card_path, model_path = model_dir / CARD_FILE, model_dir / MODEL_FILE
     if not card_path.is_file() or not model_path.is_file():
-        raise FileNotFoundError(f"No float model in {model_dir} (expected {MODEL_FILE} and "
-                                f"{CARD_FILE}); run `make build OUT={model_dir}` first.")
-    card = json.loads(card_path.read_text())
+        raise InputError(f"No float model in {model_dir} (expected {MODEL_FILE} and "
+                         f"{CARD_FILE}); run `make build OUT={model_dir}` first.")
+    card = read_json(card_path, "model card")
     expected = card.get("files", {}).get(MODEL_FILE)
     if expected and sha256(model_path) != expected:
-        raise ValueError(f"{model_path} does not match the SHA-256 in its model card: the "
+        raise InputError(f"{model_path} does not match the SHA-256 in its model card: the "
                          "file changed after it was built; rebuild it.")
     model = keras.models.load_model(model_path, compile=False)
     return model, card

@@ -281,7 +281,9 @@ def inception_v3(inputs, num_classes: int = 1000, dropout_keep_prob: float | Non
                           padding="valid", stddev=0.01)
         aux = slim.conv2d(aux, num_classes, [1, 1], "AuxLogits/Conv2d_2b_1x1",
                           normalize=False, stddev=0.001)
-        if spatial_squeeze:
+        if spatial_squeeze and tuple(aux.shape[1:3]) == (1, 1):
+            # Larger inputs leave a map here. slim's tf.squeeze builds on an unknown input
+            # size and fails only if the aux logits are run; the endpoint keeps the map.
             aux = _spatial_squeeze(aux, f"{scope}/AuxLogits/SpatialSqueeze")
         end_points["AuxLogits"] = aux
 
@@ -339,7 +341,14 @@ def InceptionV3(input_shape: tuple[int, int, int] = (299, 299, 3), num_classes: 
         spatial_squeeze=spatial_squeeze, create_aux_logits=create_aux_logits,
         global_pool=global_pool, batch_norm_decay=batch_norm_decay,
         weight_decay=weight_decay, seed=seed, folded=folded)
-    outputs = [logits, end_points["AuxLogits"]] if "AuxLogits" in end_points else logits
+    aux = end_points.get("AuxLogits")
+    if aux is not None and spatial_squeeze and len(aux.shape) == 4:
+        raise ValueError(
+            f"The aux head's map is {aux.shape[1]}x{aux.shape[2]} at this input size, not 1x1, "
+            "so it cannot be an output of logits per class (slim's aux head has no global "
+            "pool): pass create_aux_logits=False (deployment graphs have no aux head) or "
+            "spatial_squeeze=False.")
+    outputs = [logits, aux] if aux is not None else logits
     return keras.Model(inputs, outputs, name="inception_v3")
 
 

@@ -20,7 +20,7 @@ from build import float_model
 from build import inception_v3 as net
 from build.keras_env import keras, tf
 from build.weights import load_weights
-from quantize import images
+from build import images
 from runtime.preprocessing import PIXEL_OFFSET, PIXELS_PER_UNIT, normalize
 
 AUX_LOSS_WEIGHT = 0.4
@@ -204,38 +204,36 @@ def train(config: TrainConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
-    from build.weights import WeightsError
+    from runtime import cli
+    from runtime.fileio import check_output
     p = argparse.ArgumentParser(prog="python -m build.train", description=__doc__)
     p.add_argument("--data", required=True, help="folder with one sub-folder per class")
     p.add_argument("--val", help="validation folder (default: hold out --val-fraction)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=cli.float_in(0.0, 0.5, low_open=True), default=0.1)
     p.add_argument("--out", default="artifacts/float")
     p.add_argument("--input-size", default="149")
-    p.add_argument("--depth-multiplier", type=float, default=1.0)
+    p.add_argument("--depth-multiplier", type=cli.DEPTH_MULTIPLIER, default=1.0)
     p.add_argument("--weights", default="random", help="random, imagenet, auto or a path")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--limit-per-class", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-crop-area", type=float, default=0.25)
+    p.add_argument("--epochs", type=cli.positive_int, default=10)
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--learning-rate", type=cli.float_in(0.0, 10.0, low_open=True), default=1e-3)
+    p.add_argument("--limit-per-class", type=cli.positive_int)
+    p.add_argument("--seed", type=cli.non_negative_int, default=0)
+    p.add_argument("--min-crop-area", type=cli.float_in(0.0, 1.0, low_open=True), default=0.25)
     p.add_argument("--no-flip", action="store_true", help="for classes a mirror changes")
     args = p.parse_args(argv)
-    try:
-        train(TrainConfig(
-            data=args.data, out=args.out,
-            input_size=float_model.parse_input_size(args.input_size),
-            depth_multiplier=args.depth_multiplier, weights=args.weights, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, val=args.val,
-            val_fraction=args.val_fraction, seed=args.seed,
-            limit_per_class=args.limit_per_class, min_crop_area=args.min_crop_area,
-            flip=not args.no_flip))
-    except (ValueError, WeightsError, images.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    check_output(args.out)
+    train(TrainConfig(
+        data=args.data, out=args.out,
+        input_size=float_model.parse_input_size(args.input_size),
+        depth_multiplier=args.depth_multiplier, weights=args.weights, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, val=args.val,
+        val_fraction=args.val_fraction, seed=args.seed,
+        limit_per_class=args.limit_per_class, min_crop_area=args.min_crop_area,
+        flip=not args.no_flip))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from runtime import cli
+    raise SystemExit(cli.run(main))

@@ -18,6 +18,7 @@ import numpy as np
 
 from build import inception_v3 as net
 from build.keras_env import keras, tf
+from runtime.errors import InputError
 
 # Keras' official file: the same URL, file name and hash as keras.applications.InceptionV3.
 KERAS_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -28,7 +29,7 @@ KERAS_CLASSES = 1000
 WEIGHT_CHOICES = "auto, random, imagenet, or a path (.h5, .keras, slim .ckpt)"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(InputError):
     """Weights could not be loaded; the message says what to do."""
 
 

@@ -6,15 +6,17 @@ with other settings, unless --model names a float model folder to use as it is.
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
 from pathlib import Path
 
 from build.keras_env import keras  # noqa: F401  (picks Keras 2 before TensorFlow loads)
-from build import float_model
-from build.weights import WEIGHT_CHOICES, WeightsError
+from build import float_model, images
+from build.weights import WEIGHT_CHOICES
 from quantize import pipeline, recipe, report, variants
-from quantize.images import DataError
+from runtime import cli
+from runtime.errors import InputError
+from runtime.fileio import check_output, read_json
 
 
 def parse_args(argv):
@@ -23,36 +25,36 @@ def parse_args(argv):
     p.add_argument("--model", help="float model folder to quantize as it is")
     p.add_argument("--variants", default="", help=f"subset of {', '.join(variants.VARIANTS)}")
     p.add_argument("--calib", default=str(pipeline.DEFAULT_CALIBRATION))
-    p.add_argument("--calib-samples", type=int, default=200)
-    p.add_argument("--held-out-samples", type=int, default=100)
+    p.add_argument("--calib-samples", type=cli.positive_int, default=200)
+    p.add_argument("--held-out-samples", type=cli.positive_int, default=100)
     p.add_argument("--eval", help="labelled folder (one sub-folder per class)")
-    p.add_argument("--eval-samples", type=int)
-    p.add_argument("--max-top1-drop", type=float, help="points of top-1 a variant may lose")
-    p.add_argument("--min-agreement", type=float,
+    p.add_argument("--eval-samples", type=cli.positive_int)
+    p.add_argument("--max-top1-drop", type=cli.float_in(0.0, 100.0), help="points of top-1 a variant may lose")
+    p.add_argument("--min-agreement", type=cli.float_in(0.0, 100.0),
                    help="percent of top-1 answers a variant must share with float (on "
                         "--eval, else on the held-out images)")
     p.add_argument("--int8-mode", choices=recipe.MODES, default="fast",
                    help="fast: accuracy-first steps that cost no latency; fallback: also "
                         "the worst layers in float until --fallback-target")
-    p.add_argument("--fallback-target", type=float, default=99.9,
+    p.add_argument("--fallback-target", type=cli.float_in(0.0, 100.0), default=99.9,
                    help="held-out top-1 agreement (percent) the fallback mode aims for")
     p.add_argument("--no-layer-errors", action="store_true")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=cli.positive_int)
     p.add_argument("--integer-pools", action="store_true",
                    help="keep int8 average pools integer (slower on CPUs with XNNPACK; for "
                         "integer-only accelerators)")
     q = p.add_argument_group("quantization-aware training (make qat)")
     q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat variant")
     q.add_argument("--qat-val", help="validation folder for QAT")
-    q.add_argument("--qat-epochs", type=int, default=2)
-    q.add_argument("--qat-learning-rate", type=float, default=1e-5)
+    q.add_argument("--qat-epochs", type=cli.positive_int, default=2)
+    q.add_argument("--qat-learning-rate", type=cli.float_in(0.0, 1.0, low_open=True), default=1e-5)
     q.add_argument("--qat-no-flip", action="store_true")
     b = p.add_argument_group("float model (as make build)")
     b.add_argument("--weights", default="auto", help=WEIGHT_CHOICES)
     b.add_argument("--input-size", default="299")
-    b.add_argument("--num-classes", type=int, default=1000)
-    b.add_argument("--depth-multiplier", type=float, default=1.0)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--num-classes", type=cli.int_at_least(2), default=1000)
+    b.add_argument("--depth-multiplier", type=cli.DEPTH_MULTIPLIER, default=1.0)
+    b.add_argument("--seed", type=cli.non_negative_int, default=0)
     return p.parse_args(argv)
 
 
@@ -66,7 +68,7 @@ def ensure_float_model(args) -> Path:
         weights=args.weights, seed=args.seed)
     card_path = float_dir / float_model.CARD_FILE
     if card_path.is_file():
-        card = json.loads(card_path.read_text())
+        card = read_json(card_path, "model card")
         if "training" in card:
             print(f"Using the trained model in {float_dir}", flush=True)
             return float_dir
@@ -79,35 +81,55 @@ def ensure_float_model(args) -> Path:
     return float_dir
 
 
+def checked_config(args) -> pipeline.QuantizeConfig:
+    """The run's settings, every input checked before anything is built or written."""
+    if args.max_top1_drop is not None and not args.eval:
+        raise InputError("MAX_TOP1_DROP needs EVAL=<labelled folder> to measure accuracy.")
+    check_output(args.out)
+    if not args.model:
+        float_model.parse_input_size(args.input_size)
+    images.image_files(args.calib)
+    if args.eval:
+        images.class_folders(args.eval)
+    if args.qat_data:
+        images.class_folders(args.qat_data)
+    names = variants.parse_variants(args.variants)
+    if args.qat_data and "qat" not in names:
+        names.append("qat")
+    return pipeline.QuantizeConfig(
+        float_dir=Path(args.model or Path(args.out) / "float"), out=Path(args.out),
+        variants=names,
+        calibration_dir=Path(args.calib), calibration_samples=args.calib_samples,
+        held_out_samples=args.held_out_samples,
+        eval_dir=Path(args.eval) if args.eval else None, eval_samples=args.eval_samples,
+        max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
+        num_threads=args.threads, float_pools=not args.integer_pools,
+        min_agreement=args.min_agreement,
+        recipe=recipe.Recipe(mode=args.int8_mode, fallback_target=args.fallback_target / 100))
+
+
+def quantize(args, config: pipeline.QuantizeConfig) -> dict:
+    qat_model = None
+    if args.qat_data:
+        from quantize.qat import quantization_aware
+        model, card = float_model.load(config.float_dir)
+        qat_model = quantization_aware(
+            model, card, args.qat_data, args.qat_val, epochs=args.qat_epochs,
+            learning_rate=args.qat_learning_rate, flip=not args.qat_no_flip)
+    return pipeline.run(config, qat_model)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    config = checked_config(args)
+    built_here = not args.model and not (config.float_dir / float_model.CARD_FILE).is_file()
     try:
-        config = pipeline.QuantizeConfig(
-            float_dir=ensure_float_model(args), out=Path(args.out),
-            variants=variants.parse_variants(args.variants),
-            calibration_dir=Path(args.calib), calibration_samples=args.calib_samples,
-            held_out_samples=args.held_out_samples,
-            eval_dir=Path(args.eval) if args.eval else None, eval_samples=args.eval_samples,
-            max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
-            num_threads=args.threads, float_pools=not args.integer_pools,
-            min_agreement=args.min_agreement,
-            recipe=recipe.Recipe(mode=args.int8_mode,
-                                 fallback_target=args.fallback_target / 100))
-        if config.max_top1_drop is not None and config.eval_dir is None:
-            raise ValueError("MAX_TOP1_DROP needs EVAL=<labelled folder> to measure accuracy.")
-        qat_model = None
-        if args.qat_data:
-            from quantize.qat import quantization_aware
-            model, card = float_model.load(config.float_dir)
-            qat_model = quantization_aware(
-                model, card, args.qat_data, args.qat_val, epochs=args.qat_epochs,
-                learning_rate=args.qat_learning_rate, flip=not args.qat_no_flip)
-            if "qat" not in config.variants:
-                config.variants.append("qat")
-        result = pipeline.run(config, qat_model)
-    except (ValueError, DataError, WeightsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        ensure_float_model(args)
+        result = quantize(args, config)
+    except BaseException:
+        if built_here:  # a failed run leaves nothing behind, the float model included
+            shutil.rmtree(config.float_dir, ignore_errors=True)
+        raise
     print()
     for warning in result["warnings"]:
         print(warning)
@@ -127,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

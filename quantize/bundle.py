@@ -15,8 +15,13 @@ import sys
 import tarfile
 from pathlib import Path
 
-from quantize.runs import float_card_of
-from runtime.fileio import sha256, staged_outputs
+from runtime import cli
+from runtime.cards import float_card_of
+from runtime import tflite_graph as tg
+from runtime.classify import Classifier
+from runtime.interpreter import check_model_file, is_edgetpu_model
+from runtime.errors import InputError
+from runtime.fileio import check_output, regular_file, sha256, staged_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_FILES = sorted(p for p in (ROOT / "runtime").rglob("*")
@@ -80,9 +85,38 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_bundle(model: Path, out: Path) -> Path:
-    if not model.is_file():
-        raise FileNotFoundError(f"No model at {model}; run `make quantize` first.")
+def is_bundle(path: Path) -> bool:
+    """True for an archive `make_bundle` wrote (it may be replaced; nothing else may)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return any(name.count("/") == 1 and name.endswith("/manifest.json")
+                       for name in tar.getnames())
+    except (OSError, tarfile.TarError, EOFError):
+        return False
+
+
+def check_paths(model: Path, out: Path) -> None:
+    """The model must be one the runtime loads; the archive may replace only an older
+    bundle, never the model, a folder or any other file of the user's."""
+    if is_edgetpu_model(check_model_file(model)):
+        try:  # the delegate is not here: the graph must at least parse
+            tg.load(model.read_bytes())
+        except Exception:  # noqa: BLE001 (any parse failure of untrusted bytes)
+            raise InputError(f"{model} is damaged: its graph does not parse; compile it "
+                             "again.") from None
+    else:
+        Classifier(model, num_threads=1)  # an unreadable or non-classifier model stops here
+    if out.exists() or out.is_symlink():
+        if out.resolve() == model.resolve():
+            raise InputError(f"The archive path {out} is the model itself; give another "
+                             "--out.")
+        if not out.is_file() or out.is_symlink() or not is_bundle(out):
+            raise InputError(f"{out} exists and is not a bundle; give an archive path that "
+                             "is free (--out DIR/name.tar.gz), or remove it.")
+
+
+def bundle_files(model: Path) -> dict[str, bytes]:
+    """Every file of the bundle by its name inside it, the manifest of their sums last."""
     litert, legacy = requirements()
     files: dict[str, bytes] = {
         model.name: model.read_bytes(),
@@ -91,21 +125,28 @@ def make_bundle(model: Path, out: Path) -> Path:
         "README.txt": readme(model).encode(),
     }
     labels = (float_card_of(model) or {}).get("labels")  # trained models name their classes
-    if labels:
-        files["labels.txt"] = ("\n".join(labels) + "\n").encode()
+    if isinstance(labels, list) and labels:
+        files["labels.txt"] = ("\n".join(map(str, labels)) + "\n").encode()
     for path in RUNTIME_FILES:
         files[str(path.relative_to(ROOT))] = path.read_bytes()
     manifest = {"files": {name: hashlib.sha256(data).hexdigest()
                           for name, data in sorted(files.items())}}
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    stem = model.stem
-    with staged_outputs(out.parent) as stage:
-        archive = stage / out.name
+    return files
+
+
+def make_bundle(model: Path, out: Path) -> Path:
+    """Write the bundle of `model` to `out` in one rename (nothing partial on failure)."""
+    model = regular_file(model, "model")
+    check_output(out, "file")
+    check_paths(model, out)
+    files = bundle_files(model)
+    with staged_file(out) as archive:
         with open(archive, "wb") as raw, \
                 gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name in sorted(files):
-                _add(tar, f"{stem}/{name}", files[name])
+                _add(tar, f"{model.stem}/{name}", files[name])
     return out
 
 
@@ -116,15 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = coral_model(Path(args.model))
     out = Path(args.out) if args.out else model.with_name(f"{model.stem}_bundle.tar.gz")
-    try:
-        make_bundle(model, out)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    make_bundle(model, out)
     print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB): model {sha256(model)[:12]}..., "
           "labels, runtime, requirements, manifest")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

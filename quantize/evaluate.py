@@ -7,18 +7,19 @@ grow with the folder. Flipped images are listed with the float and quantized ans
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from build import float_model
-from quantize import drift, images
+from build import float_model, images
+from quantize import drift
 from quantize.report import MB
-from quantize.runs import float_card_of
+from runtime import cli
+from runtime.cards import float_card_of
 from runtime.classify import Classifier, read_labels
+from runtime.fileio import check_output, read_json, write_json
 
 CHUNK = 32
 
@@ -42,9 +43,9 @@ def _class_names(card: dict | None, num_classes: int) -> list[str] | None:
 
 def evaluate_run(run_dir: Path, data: Path, limit: int | None = None) -> dict:
     """Accuracy of the float model and each variant of a run, drift of each against float."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_json(run_dir / "manifest.json", "manifest")
     model, card = float_model.load(run_dir / "float") if (run_dir / "float").is_dir() \
-        else float_model.load(manifest["float_model"]["folder"])
+        else float_model.load(run_dir / manifest["float_model"]["folder"])
     size = tuple(card["input_size"])
     names = _class_names(card, card["num_classes"])
     classifiers = {name: Classifier(run_dir / v["file"])
@@ -144,28 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--model", help="float model folder or .tflite file")
     group.add_argument("--run", help="a make quantize output folder: every variant")
     p.add_argument("--json", help="also write the full result here")
-    p.add_argument("--limit", type=int, help="stop after about this many images")
+    p.add_argument("--limit", type=cli.positive_int, help="stop after about this many images")
     args = p.parse_args(argv)
-    try:
-        if args.run:
-            result = evaluate_run(Path(args.run), Path(args.data), args.limit)
-            print(run_table(result))
-            for name, r in result["variants"].items():
-                for flip in r["flipped"][:5]:
-                    print(f"  {name}: {flip['image']} ({flip['label']}): float says "
-                          f"{flip['float']}, {name} says {flip['quantized']}")
-        else:
-            result = evaluate_model(Path(args.model), Path(args.data))
-            print(f"{result['model']}: top-1 {100 * result['top1']:.2f}%, top-5 "
-                  f"{100 * result['top5']:.2f}% on {result['images']} images "
-                  f"({result['skipped']} skipped)")
-    except (images.DataError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        check_output(args.json, "file")
+    if args.run:
+        result = evaluate_run(Path(args.run), Path(args.data), args.limit)
+        print(run_table(result))
+        for name, r in result["variants"].items():
+            for flip in r["flipped"][:5]:
+                print(f"  {name}: {flip['image']} ({flip['label']}): float says "
+                      f"{flip['float']}, {name} says {flip['quantized']}")
+    else:
+        result = evaluate_model(Path(args.model), Path(args.data))
+        print(f"{result['model']}: top-1 {100 * result['top1']:.2f}%, top-5 "
+              f"{100 * result['top5']:.2f}% on {result['images']} images "
+              f"({result['skipped']} skipped)")
+    if args.json:
+        write_json(args.json, result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from build import float_model
-from quantize import (drift, edgetpu, images, layer_errors, pool_islands, recipe, report,
+from build import float_model, images
+from quantize import (drift, edgetpu, layer_errors, pool_islands, recipe, report,
                       variants)
 from quantize.measure import measured
 from runtime import preprocessing
 from runtime.classify import Classifier
+from runtime.errors import InputError
 from runtime.fileio import sha256, staged_outputs, write_json
 from runtime.interpreter import interpreter_name, xnnpack_partitions
 
@@ -77,7 +78,7 @@ class RunData:
 def run(config: QuantizeConfig, qat_model=None) -> dict:
     """`qat_model`: the quantization-aware model for the `qat` variant (from make qat)."""
     if "qat" in config.variants and qat_model is None:
-        raise ValueError("The qat variant comes from quantization-aware training: run "
+        raise InputError("The qat variant comes from quantization-aware training: run "
                          "`make qat DATA=<image folder>`.")
     model, card = float_model.load(config.float_dir)
     data = read_data(config, model, card)
@@ -215,10 +216,14 @@ def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData
                   results: dict, manifest_variants: dict, per_layer: dict | None) -> dict:
     """report.json, report.md and manifest.json into the staging folder."""
     gate = report.apply_gate(results, config.max_top1_drop, config.min_agreement)
+
+    def folder(path: Path) -> str:  # relative to the run: the same bytes on every machine
+        return os.path.relpath(path, config.out)
+
     data_info = {
         # With the seed and the requested counts, images.split redraws both sets
         # (make bench calibrates its peers on exactly these images).
-        "calibration": {"folder": str(config.calibration_dir), "images": len(data.calibration),
+        "calibration": {"folder": folder(config.calibration_dir), "images": len(data.calibration),
                         "sha256": data.calibration.digest(),
                         "skipped": len(data.everything.skipped),
                         "samples_requested": config.calibration_samples,
@@ -229,11 +234,11 @@ def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData
     skipped = {os.path.relpath(p, config.calibration_dir): why
                for p, why in data.everything.skipped.items()}
     if data.evaluation is not None:
-        data_info["evaluation"] = {"folder": str(config.eval_dir),
+        data_info["evaluation"] = {"folder": folder(config.eval_dir),
                                    "images": len(data.evaluation),
                                    "skipped": len(data.evaluation.skipped)}
     manifest = {
-        "float_model": {"folder": str(config.float_dir), "sha256": card["files"],
+        "float_model": {"folder": folder(config.float_dir), "sha256": card["files"],
                         "weights": card["weights"], "input_size": card["input_size"],
                         "num_classes": card["num_classes"],
                         "depth_multiplier": card["depth_multiplier"]},

@@ -1,6 +1,8 @@
 """The drift report for people (Markdown, printed as a table) and the top-1 drift gate."""
 from __future__ import annotations
 
+from runtime.errors import InputError
+
 MB = 1e6
 
 
@@ -18,7 +20,7 @@ def apply_gate(results: dict[str, dict], max_top1_drop: float | None,
         if max_top1_drop is not None:
             change = entry.get("eval", {}).get("top1_change_points")
             if change is None:
-                raise ValueError("MAX_TOP1_DROP needs a labelled EVAL folder to measure "
+                raise InputError("MAX_TOP1_DROP needs a labelled EVAL folder to measure "
                                  "accuracy on.")
             if -change > max_top1_drop:
                 reasons.append(f"top-1 {change:+.2f} points")

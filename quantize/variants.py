@@ -12,6 +12,7 @@ import numpy as np
 
 from build.float_model import logits_model, pixel_input_model
 from build.keras_env import keras, tf
+from runtime.errors import InputError
 from runtime.preprocessing import normalize
 
 
@@ -58,7 +59,7 @@ def parse_variants(text: str | None) -> list[str]:
     names = [n for n in (text or "").replace(",", " ").split() if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        raise ValueError(f"Unknown variant(s) {', '.join(unknown)}; choose from "
+        raise InputError(f"Unknown variant(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(VARIANTS)}.")
     return names or list(POST_TRAINING)
 
@@ -88,7 +89,7 @@ def make_converter(graph: keras.Model, variant: Variant,
     if variant.name == "dynamic":
         return converter
     if representative is None:
-        raise ValueError(f"The {variant.name} variant needs calibration images.")
+        raise InputError(f"The {variant.name} variant needs calibration images.")
     converter.representative_dataset = representative
     if variant.name == "int16x8":
         converter.target_spec.supported_ops = [

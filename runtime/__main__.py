@@ -9,15 +9,15 @@ import argparse
 import json
 import sys
 
+from runtime import cli
 from runtime.bench import bench
 from runtime.classify import Classifier
-from runtime.interpreter import RuntimeLoadError
 from runtime.preprocessing import ImageError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=".tflite file")
-    p.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    p.add_argument("--threads", type=cli.positive_int, help="interpreter threads (default: all cores)")
     p.add_argument("--edgetpu", action="store_true", default=None,
                    help="use the Edge TPU delegate (automatic for *_edgetpu.tflite)")
     p.add_argument("--device", help="Edge TPU device: usb, usb:N, pci, pci:N")
@@ -45,7 +45,7 @@ def classify(args) -> int:
             for c in r["top_k"]:
                 label = c["label"] if c["label"] is not None else f"class {c['id']}"
                 print(f"  {c['score']:.4f}  {c['id']:>4}  {label}")
-    return 1 if failures else 0
+    return 2 if failures else 0  # an image it cannot read is bad input
 
 
 def bench_command(args) -> int:
@@ -69,21 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("classify", help="top-k classes of images")
     _model_args(c)
     c.add_argument("--labels", help="labels file, one per line (ImageNet ships built in)")
-    c.add_argument("--top-k", type=int, default=5)
+    c.add_argument("--top-k", type=cli.positive_int, default=5)
     c.add_argument("--json", action="store_true")
     c.add_argument("images", nargs="+")
     b = sub.add_parser("bench", help="latency percentiles, init time, peak memory")
     _model_args(b)
-    b.add_argument("--runs", type=int, default=50)
-    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--runs", type=cli.positive_int, default=50)
+    b.add_argument("--warmup", type=cli.non_negative_int, default=5)
     b.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        return classify(args) if args.command == "classify" else bench_command(args)
-    except RuntimeLoadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return classify(args) if args.command == "classify" else bench_command(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime import preprocessing
 from runtime import manifest
+from runtime.fileio import read_labels_file
 from runtime.interpreter import RuntimeLoadError, check_model_file, make_interpreter
 
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
@@ -55,7 +56,7 @@ def read_labels(path: str | os.PathLike | None, num_classes: int,
     if path is None:
         shipped = LABELS_DIR / f"imagenet_{num_classes}.txt"
         return shipped.read_text().splitlines() if shipped.is_file() else None
-    labels = Path(path).read_text().splitlines()
+    labels = read_labels_file(path)
     if len(labels) != num_classes:
         raise RuntimeLoadError(f"{path} has {len(labels)} labels but the model has "
                                f"{num_classes} classes; give the model's own labels file.")
@@ -86,13 +87,7 @@ class Classifier:
         self.interpreter = make_interpreter(model_path, num_threads=self.num_threads,
                                             edgetpu=edgetpu, device=device,
                                             reference_kernels=reference_kernels)
-        inputs = self.interpreter.get_input_details()
-        outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
-            shapes = [list(i["shape"]) for i in inputs]
-            raise RuntimeLoadError(f"{self.model_path.name} is not an image classifier: its "
-                                   f"input is {shapes}, not one [1, H, W, 3] image.")
-        self._input, self._output = inputs[0], outputs[0]
+        self._input, self._output = self._classifier_tensors()
         self.input_dtype = np.dtype(self._input["dtype"])
         self.output_dtype = np.dtype(self._output["dtype"])
         self.size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
@@ -101,6 +96,31 @@ class Classifier:
         self.output_quantization = self._quantization(self._output)
         self.feeds_pixels = self._feeds_pixels()
         self.labels = read_labels(labels, self.num_classes, self.model_path)
+
+    def _classifier_tensors(self) -> tuple[dict, dict]:
+        """The one image input and the one class-score output, or an error saying which
+        contract (batch 1, fixed H x W x 3 image in, [1, classes] out) the model breaks."""
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        name = self.model_path.name
+        image = list(_signature(inputs[0])) if len(inputs) == 1 else []
+        if len(image) != 4 or image[0] not in (-1, 1) or image[3] != 3 or min(image[1:]) < 1:
+            shapes = [list(_signature(i)) for i in inputs]
+            raise RuntimeLoadError(f"{name} is not an image classifier: its input is {shapes}, "
+                                   "not one [1, H, W, 3] image of fixed size.")
+        dtype = np.dtype(inputs[0]["dtype"])
+        if dtype != np.float32 and self._quantization(inputs[0]) is None:
+            raise RuntimeLoadError(f"{name} is not an image classifier this runtime feeds: its "
+                                   f"input is {dtype.name} without a quantization scale; it "
+                                   "takes float32 or quantized 8/16-bit images.")
+        shape = list(_signature(outputs[0])) if len(outputs) == 1 else []
+        if len(outputs) != 1 or len(shape) not in (2, 4) or shape[0] not in (-1, 1) or \
+                any(s != 1 for s in shape[1:-1]) or shape[-1] < 2 or \
+                np.dtype(outputs[0]["dtype"]) not in (np.float32, *map(np.dtype, _INTEGER_TYPES)):
+            shapes = [list(_signature(o)) for o in outputs]
+            raise RuntimeLoadError(f"{name} is not an image classifier: its output is "
+                                   f"{shapes}, not one [1, classes] score vector.")
+        return inputs[0], outputs[0]
 
     @staticmethod
     def _quantization(detail) -> Quantization | None:
@@ -169,6 +189,11 @@ class Classifier:
                 "output_dtype": self.output_dtype.name,
                 "output_quantization": q(self.output_quantization),
                 "num_classes": self.num_classes}
+
+
+def _signature(detail: dict) -> np.ndarray:
+    """A tensor's declared shape, -1 where it is dynamic (a dynamic batch runs as 1)."""
+    return [int(s) for s in detail.get("shape_signature", detail["shape"])]
 
 
 def _looks_like_probabilities(scores: np.ndarray) -> bool:

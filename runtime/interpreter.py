@@ -10,13 +10,17 @@ import os
 import platform
 from pathlib import Path
 
+from runtime.errors import InputError
+from runtime.fileio import regular_file
+
 # The Edge TPU runtime library per platform, as pycoral names it.
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib",
                    "Windows": "edgetpu.dll"}
 TFLITE_MAGIC = b"TFL3"
+MAX_MODEL_BYTES = 2**31  # a flatbuffer's offsets are 32-bit: no model is larger
 
 
-class RuntimeLoadError(RuntimeError):
+class RuntimeLoadError(InputError):
     """A model, interpreter or delegate could not be loaded; the message says what to do."""
 
 
@@ -44,8 +48,13 @@ def interpreter_name() -> str:
 def check_model_file(model_path: str | os.PathLike) -> Path:
     """A missing, empty, truncated or non-TFLite file is caught before the interpreter."""
     path = Path(model_path)
-    if not path.is_file():
-        raise RuntimeLoadError(f"No model file at {path}.")
+    try:
+        regular_file(path, "model file")
+    except InputError as error:
+        raise RuntimeLoadError(str(error)) from None
+    if path.stat().st_size >= MAX_MODEL_BYTES:
+        raise RuntimeLoadError(f"{path} is {path.stat().st_size:,} bytes: a TFLite model is "
+                               "under 2 GiB, so this is not one; give a .tflite file.")
     with open(path, "rb") as f:
         head = f.read(8)
     if len(head) < 8 or head[4:8] != TFLITE_MAGIC:
@@ -117,6 +126,7 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
                 f"{interpreter_name()} cannot run {path.name}: it uses an op version newer "
                 "than this interpreter knows; install ai-edge-litert (pip install "
                 "ai-edge-litert), or convert with an older TensorFlow.") from None
-        raise RuntimeLoadError(f"Cannot load {path}: {text.strip().splitlines()[-1]}") \
+        raise RuntimeLoadError(f"Cannot load {path}: {text.strip().splitlines()[-1]}; the file "
+                               "is damaged or not a TFLite model: copy or convert it again.") \
             from None
     return interpreter

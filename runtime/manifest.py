@@ -1,27 +1,33 @@
 """Check a model against the SHA-256 in a `manifest.json` beside it (bundle or quantize run)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from runtime.fileio import sha256
+from runtime.fileio import read_json, sha256
 from runtime.interpreter import RuntimeLoadError
 
 MANIFEST = "manifest.json"
 
 
 def expected_sha256(model_path: Path) -> str | None:
-    manifest = model_path.parent / MANIFEST
-    if not manifest.is_file():
+    """The SHA-256 the manifest beside `model_path` gives it (a bundle's `files`, a quantize
+    run's `variants`), None without a manifest; a malformed manifest is an error."""
+    path = model_path.parent / MANIFEST
+    if not path.exists():
         return None
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError) as error:
-        raise RuntimeLoadError(f"{manifest} is not valid JSON ({error}); restore it from the "
-                               "bundle or delete it.") from None
-    files = dict(data.get("files", {}))
-    files.update({v["file"]: v["sha256"] for v in data.get("variants", {}).values()})
-    return files.get(model_path.name)
+    data = read_json(path, "manifest")
+    files, runs = data.get("files", {}), data.get("variants", {})
+    if not isinstance(files, dict) or not isinstance(runs, dict) or \
+            not all(isinstance(v, dict) for v in runs.values()):
+        raise RuntimeLoadError(f"{path} is malformed (`files` and `variants` must be objects); "
+                               "restore it from the bundle or the run, or delete it.")
+    sums = dict(files)
+    sums.update({v.get("file"): v.get("sha256") for v in runs.values()})
+    expected = sums.get(model_path.name)
+    if model_path.name in sums and not (isinstance(expected, str) and len(expected) == 64):
+        raise RuntimeLoadError(f"{path} gives {model_path.name} no SHA-256; restore it from "
+                               "the bundle or the run, or delete it.")
+    return expected
 
 
 def verify(model_path: str | Path) -> bool:

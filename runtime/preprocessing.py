@@ -21,10 +21,14 @@ pixel against TensorFlow within one step. numpy and Pillow only: this runs on th
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from runtime.errors import InputError
+from runtime.fileio import regular_file
 
 CENTRAL_FRACTION = 0.875
 # The input scaling, stated once: model input = pixels / PIXELS_PER_UNIT + PIXEL_OFFSET.
@@ -39,7 +43,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 ImageLike = Union[str, os.PathLike, Image.Image]
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image could not be read or used; the message names the file and the reason."""
 
 
@@ -57,9 +61,16 @@ def load_image(image: ImageLike) -> Image.Image:
         img = image
     else:
         try:
-            img = Image.open(image)
-            img.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            regular_file(image, "image")
+        except InputError as error:
+            raise ImageError(str(error)) from None
+        try:
+            with warnings.catch_warnings():  # over Pillow's pixel limit: skipped, not used
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(image)
+                img.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as error:
             raise ImageError(f"{image}: not a readable image ({error})") from None
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit greyscale PNG/TIFF
@@ -139,7 +150,7 @@ def preprocess(image: ImageLike, size: tuple[int, int]) -> np.ndarray:
 def list_images(folder: str | os.PathLike) -> list[str]:
     """Image files under `folder` (recursively), by suffix, in a stable sorted order."""
     found = []
-    for root, _, files in os.walk(folder):
+    for root, _, files in os.walk(folder):  # never follows folder symlinks: no loops
         found.extend(os.path.join(root, f) for f in files
                      if f.lower().endswith(IMAGE_SUFFIXES))
     return sorted(found)

@@ -58,3 +58,14 @@ def tiny_run(tiny_float_dir, tmp_path_factory):
                                      variants=list(variants.POST_TRAINING),
                                      calibration_dir=CALIBRATION_DIR)
     return out, pipeline.run(config)
+
+
+# Fixtures that quantize or benchmark whole runs: a test that uses one is slow, so
+# `make test-fast` (-m "not slow") skips it without each test having to say so.
+SLOW_FIXTURES = {"tiny_run", "bench", "keras_reference_299"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -11,6 +11,7 @@ from benchmarks import peers, report
 from benchmarks.__main__ import ALL_INTEGER, main
 from benchmarks.candidates import Spec, open_candidate
 from quantize import variants
+from runtime import cli
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_missing_peer_is_a_note_not_an_error(monkeypatch, tmp_path):
 
 
 def test_bench_without_a_run_says_what_to_do(tmp_path, capsys):
-    assert main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert cli.run(main, ["--run", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "make quantize" in capsys.readouterr().err
 
 

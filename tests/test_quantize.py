@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from quantize import drift, edgetpu, images, pipeline, pool_islands, recipe, variants
+from build import images
+from quantize import drift, edgetpu, pipeline, pool_islands, recipe, variants
 from runtime import preprocessing
 from runtime.classify import Classifier, Quantization
 from runtime.fileio import sha256

@@ -203,7 +203,7 @@ def test_cli_classify_batch_with_one_bad_image(tiny_run, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff garbage")
     result = _cli("classify", "--model", out / pipeline.model_file("uint8"), "--json",
                   "--top-k", "3", PHOTOS[0], bad, PHOTOS[1])
-    assert result.returncode == 1
+    assert result.returncode == 2
     answers = json.loads(result.stdout)
     assert [("error" in a) for a in answers] == [False, True, False]
     assert len(answers[0]["top_k"]) == 3 and answers[0]["top_k"][0]["label"]

@@ -193,9 +193,9 @@ def test_make_build_writes_model_and_card(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--input-size", "74"], "too small"),
+    (["--input-size", "74"], "75 to 2048"),
     (["--weights", "/nonexistent/w.h5"], "No weights file"),
-    (["--depth-multiplier", "0"], "depth_multiplier"),
+    (["--depth-multiplier", "0"], "--depth-multiplier"),
 ])
 def test_make_build_errors_write_nothing(args, message, tmp_path):
     out = tmp_path / "float"

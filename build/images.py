@@ -17,12 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import preprocessing
-from runtime.fileio import sha256
+from runtime.fileio import read_labels_file, sha256
+from runtime.errors import InputError
 
 MIN_SIDE = 16  # smaller images carry no usable statistics (a 1x1 image is one colour)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """No usable data; the message says what was found and what to do."""
 
 
@@ -52,15 +53,11 @@ class ImageSet:
 def read_pixels(path: str, size: tuple[int, int],
                 central_fraction: float = preprocessing.CENTRAL_FRACTION) -> np.ndarray:
     """One image's pixels, or ImageError with the reason it cannot be used."""
-    try:
-        with preprocessing.Image.open(path) as probe:
-            width, height = probe.size
-    except (OSError, SyntaxError, ValueError, preprocessing.Image.DecompressionBombError) as error:
-        raise preprocessing.ImageError(f"not a readable image ({error})") from None
-    if min(width, height) < MIN_SIDE:
-        raise preprocessing.ImageError(f"{width}x{height} is smaller than "
+    image = preprocessing.load_image(path)  # checks it is a regular file before opening
+    if min(image.size) < MIN_SIDE:
+        raise preprocessing.ImageError(f"{image.size[0]}x{image.size[1]} is smaller than "
                                        f"{MIN_SIDE}x{MIN_SIDE}")
-    return preprocessing.resize_pixels(path, size, central_fraction)
+    return preprocessing.resize_pixels(image, size, central_fraction)
 
 
 def try_read(path: str, size: tuple[int, int],
@@ -73,17 +70,24 @@ def try_read(path: str, size: tuple[int, int],
         return None, str(error).replace(f"{path}: ", "")
 
 
-def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | None = None,
-                what: str = "calibration", labels_of=None,
-                central_fraction: float = preprocessing.CENTRAL_FRACTION) -> ImageSet:
-    """Read up to `limit` usable images under `folder` (sorted, recursive)."""
+def image_files(folder: str | os.PathLike, what: str = "calibration") -> list[str]:
+    """The image files under `folder`, or a DataError saying why there are none."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"The {what} folder {folder} does not exist; give a folder of images.")
+        where = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"The {what} folder {folder} {where}; give a folder of images.")
     candidates = preprocessing.list_images(folder)
     if not candidates:
         raise DataError(f"The {what} folder {folder} holds no image files (.jpg, .png, ...); "
                         "add a few hundred photos from the deployment domain.")
+    return candidates
+
+
+def load_folder(folder: str | os.PathLike, size: tuple[int, int], limit: int | None = None,
+                what: str = "calibration", labels_of=None,
+                central_fraction: float = preprocessing.CENTRAL_FRACTION) -> ImageSet:
+    """Read up to `limit` usable images under `folder` (sorted, recursive)."""
+    candidates = image_files(folder, what)
     paths, pixels, skipped, labels = [], [], {}, []
     for path in tqdm(candidates, desc=f"Reading {what} images", unit="img", file=sys.stderr,
                      disable=len(candidates) < 50):
@@ -124,6 +128,17 @@ def split(images: ImageSet, calibration_samples: int, held_out_samples: int = 10
             images.subset(order[len(images) - held_out:]))
 
 
+def read_classes_tsv(path: Path) -> dict[str, int]:
+    """wnid -> ImageNet index from a `classes.tsv` with a `wnid<TAB>imagenet_index` header."""
+    lines = read_labels_file(path)  # a regular UTF-8 text file, or one sentence why not
+    rows = list(csv.DictReader(lines, delimiter="\t"))
+    try:
+        return {r["wnid"]: int(r["imagenet_index"]) for r in rows}
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path} needs a header line `wnid<TAB>imagenet_index` and one "
+                        "wnid and whole-number index per line.") from None
+
+
 def folder_classes(folder: str | os.PathLike, class_names: Sequence[str] | None,
                    num_classes: int) -> dict[str, int]:
     """Sub-folder name to the model's class index.
@@ -142,10 +157,8 @@ def folder_classes(folder: str | os.PathLike, class_names: Sequence[str] | None,
         if not missing:
             return {n: list(class_names).index(n) for n in names}
     for tsv in (folder / "classes.tsv", folder.parent / "classes.tsv"):
-        if tsv.is_file():
-            with open(tsv) as f:
-                rows = {r["wnid"]: int(r["imagenet_index"])
-                        for r in csv.DictReader(f, delimiter="\t")}
+        if tsv.exists():
+            rows = read_classes_tsv(tsv)
             offset = 1 if num_classes == 1001 else 0
             missing = [n for n in names if n not in rows]
             if not missing:
