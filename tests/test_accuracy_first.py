@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from build import float_model
-from quantize import (activation_stats, bias_correction, calibrated, drift, images,
+from build import float_model, images
+from quantize import (activation_stats, bias_correction, calibrated, drift,
                       layer_errors, ranges, recipe, report, variants)
 from runtime import tflite_graph as tg
 from runtime.interpreter import interpreter_module
