@@ -132,18 +132,26 @@ bench: setup
 ARM_OUT := artifacts/arm
 ARM_IMAGES := calibration_data/skimage_coffee.jpg calibration_data/skimage_chelsea.jpg \
 	calibration_data/sklearn_china.jpg
+ARM_MODELS := $(ARM_OUT)/models/inception_v3_int8.tflite $(ARM_OUT)/models/inception_v3_uint8.tflite
 test-arm: setup
 	mkdir -p $(ARM_OUT)
 	$(PY) -m quantize --weights random --input-size 96 --depth-multiplier 0.5 --seed 0 \
 		--variants int8,uint8 --no-layer-errors --out $(ARM_OUT)/models > $(ARM_OUT)/quantize.log
 	bash tests/arm/setup_root.sh
-	$(PY) tests/arm/parity.py run --out $(ARM_OUT)/x86.npz \
-		--models $(ARM_OUT)/models/inception_v3_int8.tflite $(ARM_OUT)/models/inception_v3_uint8.tflite \
+	$(PY) tests/arm/parity.py run --out $(ARM_OUT)/x86.npz --models $(ARM_MODELS) \
 		--images $(ARM_IMAGES)
 	bash tests/arm/run_arm.sh tests/arm/parity.py run --out $(ARM_OUT)/arm.npz \
-		--models $(ARM_OUT)/models/inception_v3_int8.tflite $(ARM_OUT)/models/inception_v3_uint8.tflite \
-		--images $(ARM_IMAGES)
+		--models $(ARM_MODELS) --images $(ARM_IMAGES)
 	$(PY) tests/arm/parity.py compare $(ARM_OUT)/x86.npz $(ARM_OUT)/arm.npz
+	@echo "Raspberry Pi OS Bullseye (Python 3.9): requirements-py39.txt, then tflite-runtime"
+	SUITE=bullseye bash tests/arm/setup_root.sh requirements-py39.txt site
+	SUITE=bullseye bash tests/arm/setup_root.sh requirements-tflite-runtime.txt site-tflite-runtime
+	for site in site site-tflite-runtime; do \
+	  SUITE=bullseye SITE=$$site bash tests/arm/run_arm.sh tests/arm/parity.py run \
+	    --out $(ARM_OUT)/bullseye-$$site.npz --models $(ARM_MODELS) --images $(ARM_IMAGES) && \
+	  $(PY) tests/arm/parity.py compare --top1 $(ARM_OUT)/x86.npz \
+	    $(ARM_OUT)/bullseye-$$site.npz || exit 1; \
+	done
 
 clean:
 	rm -rf artifacts

@@ -30,7 +30,10 @@ README = """\
 InceptionV3 on the device
 =========================
 64-bit OS, Python 3.11 or newer:  pip install -r requirements.txt  (ai-edge-litert)
-x86-64 with Python 3.9-3.11:       pip install -r requirements-tflite-runtime.txt
+64-bit OS, Python 3.9 or 3.10 (Raspberry Pi OS Bullseye):
+                                   pip install -r requirements-py39.txt  (ai-edge-litert)
+The legacy interpreter instead:    pip install -r requirements-tflite-runtime.txt
+                                   (x86-64: Python 3.9-3.11; aarch64: 3.9-3.10)
 32-bit Raspberry Pi OS: the package index has no TFLite interpreter wheel for it (neither
 ai-edge-litert nor tflite-runtime); install a 64-bit Raspberry Pi OS.
 {coral}
@@ -69,14 +72,17 @@ def readme(model: Path) -> str:
     return README.format(model=model.name, coral=coral.format(model=model.name))
 
 
-def requirements() -> tuple[str, str]:
+def requirements() -> dict[str, str]:
+    """The bundle's requirement files by name: the pipeline's own pins for Python 3.11+,
+    and the Python 3.9 and tflite-runtime files as they are (comments dropped)."""
     pins = {line.split("==")[0].lower(): line.strip() for line in
             (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
-    litert = "\n".join([pins["ai-edge-litert"], pins["numpy"], pins["pillow"]]) + "\n"
-    legacy = "".join(line + "\n" for line in
-                     (ROOT / "requirements-tflite-runtime.txt").read_text().splitlines()
-                     if line and not line.startswith("#"))
-    return litert, legacy
+    files = {"requirements.txt": "\n".join(
+        [pins["ai-edge-litert"], pins["numpy"], pins["pillow"]]) + "\n"}
+    for name in ("requirements-py39.txt", "requirements-tflite-runtime.txt"):
+        files[name] = "".join(line + "\n" for line in (ROOT / name).read_text().splitlines()
+                              if line and not line.startswith("#"))
+    return files
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -117,12 +123,9 @@ def check_paths(model: Path, out: Path) -> None:
 
 def bundle_files(model: Path) -> dict[str, bytes]:
     """Every file of the bundle by its name inside it, the manifest of their sums last."""
-    litert, legacy = requirements()
     files: dict[str, bytes] = {
-        model.name: model.read_bytes(),
-        "requirements.txt": litert.encode(),
-        "requirements-tflite-runtime.txt": legacy.encode(),
-        "README.txt": readme(model).encode(),
+        model.name: model.read_bytes(), "README.txt": readme(model).encode(),
+        **{name: text.encode() for name, text in requirements().items()},
     }
     labels = (float_card_of(model) or {}).get("labels")  # trained models name their classes
     if isinstance(labels, list) and labels:

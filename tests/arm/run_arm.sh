@@ -6,8 +6,13 @@
 # under qemu user mode describe the x86 host (it crashes on them, and without a CPU list
 # XNNPACK does not start at all). A private mount namespace shows it a 2-core Cortex-A72
 # instead: the sysfs CPU list and tests/arm/cpuinfo-cortex-a72.
+# SUITE=bullseye runs Debian Bullseye's Python 3.9; SITE names the wheels (setup_root.sh).
 set -euo pipefail
-ROOT=$(realpath "${ARM_DIR:-.arm}/root")
+case "${SUITE:-bookworm}" in
+  bookworm) ROOT=$(realpath "${ARM_DIR:-.arm}/root"); PYTHON=python3.11 ;;
+  bullseye) ROOT=$(realpath "${ARM_DIR:-.arm}/root-bullseye"); PYTHON=python3.9 ;;
+esac
+SITE=${SITE:-site}
 CPUINFO=$(realpath "$(dirname "$0")/cpuinfo-cortex-a72")
 exec unshare -m sh -c '
   mount -t tmpfs none /sys/devices/system/cpu
@@ -15,5 +20,5 @@ exec unshare -m sh -c '
   mount --bind "$0" /proc/cpuinfo
   shift
   exec "$@"' "$CPUINFO" sh \
-  env PYTHONPATH="/opt/site:$PWD" qemu-aarch64-static -cpu cortex-a72 -L "$ROOT" \
-  "$ROOT/usr/bin/python3.11" "$@"
+  env PYTHONPATH="/opt/$SITE:$PWD" qemu-aarch64-static -cpu cortex-a72 -L "$ROOT" \
+  "$ROOT/usr/bin/$PYTHON" "$@"

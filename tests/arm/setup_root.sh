@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
 # An aarch64 Debian root for qemu user mode, with the device runtime's wheels.
+#   setup_root.sh [REQUIREMENTS] [SITE]
+# SUITE=bookworm (Python 3.11) or bullseye (Python 3.9) picks the Debian release; the
+# wheels pinned in REQUIREMENTS (default: the bundle's, from requirements.txt) are
+# installed for that Python into $ROOT/opt/SITE, as `pip install -r` on the device would
+# (lines with a platform_machine marker count only when it names aarch64).
 # Packages are unpacked (debootstrap --foreign, then dpkg-deb -x), never configured, so
 # neither binfmt_misc nor chroot is needed. Idempotent: a finished root is reused.
 set -euo pipefail
 ARM_DIR=${ARM_DIR:-.arm}
-ROOT="$ARM_DIR/root"
-SUITE=bookworm
+SUITE=${SUITE:-bookworm}
+case "$SUITE" in
+  bookworm) PY=3.11; ROOT="$ARM_DIR/root" ;;
+  bullseye) PY=3.9; ROOT="$ARM_DIR/root-bullseye" ;;
+  *) echo "SUITE must be bookworm or bullseye" >&2; exit 2 ;;
+esac
+REQS=${1:-}
+SITE=${2:-site}
 MIRROR=http://deb.debian.org/debian
 PLATFORMS=(--platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64
            --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64)
-# The device needs only these; same versions as requirements.txt.
-pin() { grep -i "^$1==" requirements.txt; }
-WHEELS=("$(pin ai-edge-litert)" "$(pin numpy)" "$(pin pillow)")
+if [ -n "$REQS" ]; then
+  mapfile -t WHEELS < <(grep -v '^\s*#' "$REQS" | grep '==' |
+    grep -v 'platform_machine *== *"\(x86_64\|armv7l\)"' | sed 's/ *;.*//')
+else  # the bundle's requirements.txt: the same versions as the pipeline's
+  pin() { grep -i "^$1==" requirements.txt; }
+  WHEELS=("$(pin ai-edge-litert)" "$(pin numpy)" "$(pin pillow)")
+fi
 
 if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
   echo "Installing qemu-user-static and debootstrap (Debian packages)"
@@ -23,19 +38,21 @@ if [ ! -f "$ROOT/.unpacked" ]; then
   rm -rf "$ROOT" && mkdir -p "$ROOT"
   echo "debootstrap --foreign arm64 $SUITE into $ROOT"
   debootstrap --foreign --arch=arm64 --variant=minbase --include=python3 \
-    "$SUITE" "$ROOT" "$MIRROR" >"$ARM_DIR/debootstrap.log" 2>&1 \
-    || { tail -20 "$ARM_DIR/debootstrap.log"; exit 1; }
+    "$SUITE" "$ROOT" "$MIRROR" >"$ARM_DIR/debootstrap-$SUITE.log" 2>&1 \
+    || { tail -20 "$ARM_DIR/debootstrap-$SUITE.log"; exit 1; }
   for deb in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$ROOT"; done
   touch "$ROOT/.unpacked"
 fi
 
-if [ ! -f "$ROOT/opt/site/.installed" ] || ! cmp -s <(printf '%s\n' "${WHEELS[@]}") "$ROOT/opt/site/.installed"; then
-  echo "aarch64 wheels: ${WHEELS[*]}"
-  rm -rf "$ROOT/opt/site" "$ARM_DIR/wheels"
-  pip download --quiet --only-binary=:all: "${PLATFORMS[@]}" --python-version 3.11 \
-    --implementation cp -d "$ARM_DIR/wheels" "${WHEELS[@]}"
-  pip install --quiet --no-deps --no-index --target "$ROOT/opt/site" "${PLATFORMS[@]}" \
-    --python-version 3.11 --implementation cp --only-binary=:all: "$ARM_DIR"/wheels/*.whl
-  printf '%s\n' "${WHEELS[@]}" > "$ROOT/opt/site/.installed"
+TARGET="$ROOT/opt/$SITE"
+if [ ! -f "$TARGET/.installed" ] || ! cmp -s <(printf '%s\n' "${WHEELS[@]}") "$TARGET/.installed"; then
+  echo "aarch64 wheels for Python $PY: ${WHEELS[*]}"
+  WHEEL_DIR="$ARM_DIR/wheels-$SUITE-$SITE"
+  rm -rf "$TARGET" "$WHEEL_DIR"
+  pip download --quiet --no-deps --only-binary=:all: "${PLATFORMS[@]}" --python-version "$PY" \
+    --implementation cp -d "$WHEEL_DIR" "${WHEELS[@]}"
+  pip install --quiet --no-deps --no-index --target "$TARGET" "${PLATFORMS[@]}" \
+    --python-version "$PY" --implementation cp --only-binary=:all: "$WHEEL_DIR"/*.whl
+  printf '%s\n' "${WHEELS[@]}" > "$TARGET/.installed"
 fi
-echo "aarch64 root ready: $ROOT"
+echo "aarch64 $SUITE root ready: $ROOT (wheels in /opt/$SITE)"
