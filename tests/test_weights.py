@@ -102,6 +102,7 @@ def _write_slim_checkpoint(model, prefix, extra=None):
     return names
 
 
+@pytest.mark.slow
 def test_slim_checkpoint_round_trip(tmp_path):
     source = net.InceptionV3((149, 149, 3), 1001, create_aux_logits=True, seed=1,
                              depth_multiplier=0.5)
@@ -123,6 +124,7 @@ def test_slim_checkpoint_round_trip(tmp_path):
     np.testing.assert_allclose(deploy(x), source(x)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_shape_mismatch_changes_nothing(tmp_path):
     source = net.InceptionV3((75, 75, 3), 1001, depth_multiplier=0.25, seed=1)
     prefix = tmp_path / "model.ckpt"
@@ -161,6 +163,7 @@ def test_not_a_weights_file(tmp_path):
         weights.load_weights(model, str(bogus))
 
 
+@pytest.mark.slow
 def test_project_model_and_h5_round_trip(tmp_path):
     config = float_model.BuildConfig(input_size=(75, 75), num_classes=7,
                                      depth_multiplier=0.25, weights="random", seed=5)
@@ -174,6 +177,7 @@ def test_project_model_and_h5_round_trip(tmp_path):
         np.testing.assert_allclose(fresh(x), model(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_make_build_writes_model_and_card(tmp_path):
     out = tmp_path / "float"
     result = subprocess.run(
