@@ -83,9 +83,17 @@ def load_edgetpu_delegate(device: str | None = None):
             "port) or check the device name (usb, usb:0, pci, pci:0).") from None
 
 
-def is_edgetpu_model(model_path: str | os.PathLike) -> bool:
-    """Models compiled by edgetpu_compiler hold a custom op named edgetpu-custom-op."""
-    return b"edgetpu-custom-op" in Path(model_path).read_bytes()
+def is_edgetpu_model(model_path: str | os.PathLike, chunk: int = 1 << 20) -> bool:
+    """Models compiled by edgetpu_compiler hold a custom op named edgetpu-custom-op (read
+    in chunks: a large file costs no memory)."""
+    marker = b"edgetpu-custom-op"
+    tail = b""
+    with open(model_path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            if marker in tail + block:
+                return True
+            tail = block[-len(marker):]
+    return False
 
 
 def xnnpack_partitions(interpreter) -> int:

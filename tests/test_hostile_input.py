@@ -571,3 +571,18 @@ def test_bundle_of_a_usable_model_is_a_bundle(corpus, capsys):
     assert cli.run(entry("bundle"), ["--model", str(root / "models" / "good.tflite"),
                                      "--out", str(out)]) == 0
     assert out.read_bytes() == first
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(corpus, tmp_path):
+    """`python -m runtime classify ... | head -n 1`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+    root, _ = corpus
+    model = root / "models" / "good.tflite"
+    err = tmp_path / "stderr.txt"
+    command = (f"{sys.executable} -m runtime classify --top-k 10 --model {model} "
+               f"{' '.join([str(PHOTO)] * 300)} 2>{err} | head -n 1")
+    done = subprocess.run(command, shell=True, cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == str(PHOTO)
+    assert "Traceback" not in err.read_text(), err.read_text()
