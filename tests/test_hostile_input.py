@@ -398,6 +398,7 @@ def option_cases(root: Path, model: Path, float_dir: Path) -> list[Case]:
                    "--val-fraction", "--min-crop-area", "--depth-multiplier"]),
         "evaluate": ("evaluate", ["--model", str(model), "--data", str(CALIBRATION_DIR)],
                      ["--limit"]),
+        "bench": ("bench", ["--run", str(root / "no-run")], ["--runs", "--eval-samples"]),
     }
     cases = []
     for name, (command, argv, options) in base.items():

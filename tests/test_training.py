@@ -15,6 +15,7 @@ from build.train import TrainConfig, train
 from conftest import ROOT
 from quantize import edgetpu, evaluate, pipeline, pool_islands
 from quantize.qat import quantization_aware
+from runtime import cli
 
 pytestmark = pytest.mark.slow
 
@@ -70,29 +71,38 @@ def _quantize(float_dir, out, calibration, digits, variants=("int8",), qat=None)
     return pipeline.run(config, qat)
 
 
-def test_int8_keeps_float_accuracy_and_the_gate_bites(trained, digits, tmp_path):
+@pytest.fixture(scope="module")
+def good_run(trained, digits, tmp_path_factory):
+    """int8 and uint8 of the trained model, calibrated on its own training images."""
     out, _, _ = trained
-    good = _quantize(out, tmp_path / "good", digits / "train", digits)
+    run = tmp_path_factory.mktemp("good") / "run"
+    return run, _quantize(out, run, digits / "train", digits, ("int8", "uint8"))
+
+
+def test_int8_keeps_float_accuracy_and_the_gate_bites(trained, good_run, digits, tmp_path):
+    out, _, _ = trained
+    _, good = good_run
     int8 = good["variants"]["int8"]["eval"]
     assert int8["images"] == 300
     assert int8["top1_agreement"] >= 0.97
     assert int8["top1_change_points"] >= -1.0
     assert good["gate"]["failed"] == [] and good["variants"]["int8"]["gate"] == "pass"
+    assert good["variants"]["uint8"]["gate"] == "pass"
 
     broken = _quantize(out, tmp_path / "broken", digits / "black", digits)
     assert broken["gate"]["failed"] == ["int8"]
     assert broken["variants"]["int8"]["eval"]["top1_change_points"] < -1.0
 
 
-def test_make_quantize_gate_exit_code(trained, digits, tmp_path):
+def test_make_quantize_gate_exit_code(trained, digits, tmp_path, capsys):
     out, _, _ = trained
-    result = subprocess.run(
-        [sys.executable, "-m", "quantize", "--model", str(out), "--variants", "int8",
-         "--calib", str(digits / "black"), "--eval", str(digits / "eval"),
-         "--max-top1-drop", "1", "--no-layer-errors", "--out", str(tmp_path / "run")],
-        cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "over the top-1 budget of 1.0 points: int8 (top-1" in result.stderr
+    from quantize.__main__ import main
+    code = cli.run(main, ["--model", str(out), "--variants", "int8",
+                          "--calib", str(digits / "black"), "--eval", str(digits / "eval"),
+                          "--max-top1-drop", "1", "--no-layer-errors",
+                          "--out", str(tmp_path / "run")])
+    assert code == 1
+    assert "over the top-1 budget of 1.0 points: int8 (top-1" in capsys.readouterr().err
     assert "FAIL" in (tmp_path / "run" / "report.md").read_text()
 
 
@@ -112,10 +122,9 @@ def test_quantization_aware_training_converts_to_full_integer(trained, digits, t
     assert entry["eval"]["top1_agreement"] >= 0.9
 
 
-def test_eval_streams_a_run_and_a_model(trained, digits, tmp_path):
+def test_eval_streams_a_run_and_a_model(trained, good_run, digits, tmp_path):
     out, _, _ = trained
-    run = tmp_path / "run"
-    report = _quantize(out, run, digits / "train", digits, ("int8", "uint8"))
+    run, report = good_run
     result = evaluate.evaluate_run(run, digits / "eval")
     assert set(result["variants"]) == {"int8", "uint8"}
     for name in ("int8", "uint8"):
