@@ -110,7 +110,7 @@ def test_quantization_aware_training_converts_to_full_integer(trained, digits, t
     out, _, _ = trained
     model, card = float_model.load(out)
     qat = quantization_aware(model, card, str(digits / "train"), epochs=1, flip=False,
-                             min_crop_area=0.7)
+                             min_crop_area=0.7, limit_per_class=50)
     report = _quantize(out, tmp_path / "qat", digits / "train", digits, ("qat",), qat)
     entry = report["variants"]["qat"]
     assert entry["io"]["input_dtype"] == entry["io"]["output_dtype"] == "int8"
