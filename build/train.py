@@ -8,7 +8,6 @@ Checkpoints after every epoch (weights and optimizer) let a rerun resume.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,8 @@ from build import inception_v3 as net
 from build.keras_env import keras, tf
 from build.weights import load_weights
 from build import images
+from runtime.errors import InputError
+from runtime.fileio import read_json, write_json
 from runtime.preprocessing import PIXEL_OFFSET, PIXELS_PER_UNIT, normalize
 
 AUX_LOSS_WEIGHT = 0.4
@@ -132,8 +133,15 @@ class _Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save()
-        self.state_path.write_text(json.dumps({"epoch": epoch + 1,
-                                               "config": self.fingerprint}))
+        write_json(self.state_path, {"epoch": epoch + 1, "config": self.fingerprint})
+
+
+def _resume_state(path: Path) -> dict:
+    """The checkpoint's epoch and settings; a damaged state file means starting afresh."""
+    try:
+        return read_json(path, "checkpoint state")
+    except InputError:
+        return {}
 
 
 def train(config: TrainConfig) -> dict:
@@ -167,8 +175,8 @@ def train(config: TrainConfig) -> dict:
     fingerprint["input_size"] = list(config.input_size)
     initial_epoch = 0
     if state_path.is_file() and manager.latest_checkpoint:
-        state = json.loads(state_path.read_text())
-        if state["config"] == fingerprint:
+        state = _resume_state(state_path)
+        if state.get("config") == fingerprint and isinstance(state.get("epoch"), int):
             checkpoint.restore(manager.latest_checkpoint)
             initial_epoch = state["epoch"]
             print(f"Resuming from epoch {initial_epoch} ({manager.latest_checkpoint})")

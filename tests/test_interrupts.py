@@ -94,3 +94,35 @@ def test_a_dead_runs_staging_is_removed_and_a_live_ones_kept(tmp_path):
         (stage / "f").write_text("x")
     assert not stale.exists() and live.exists()
     assert (tmp_path / "out" / "f").read_text() == "x"
+
+
+@pytest.mark.slow
+def test_interrupted_training_keeps_only_its_checkpoint_and_resumes(tmp_path):
+    """Training saves a resumable checkpoint each epoch, by design; Ctrl-C leaves that and
+    no model, and the rerun resumes from it."""
+    from PIL import Image
+    data = tmp_path / "data"
+    for k, colour in enumerate(("red", "blue")):
+        (data / colour).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (80, 80), (200 * (k == 0), 30 * i, 200 * (k == 1))).save(
+                data / colour / f"{i}.png")
+    out = tmp_path / "float"
+    args = [sys.executable, "-m", "build.train", "--data", str(data), "--out", str(out),
+            "--input-size", "75", "--depth-multiplier", "0.25", "--batch-size", "8",
+            "--no-flip"]
+    process = start(args + ["--epochs", "500"])
+    state = out / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 600
+    while not state.is_file():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+    done = subprocess.run(args + ["--epochs", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Resuming from epoch" in done.stdout
+    assert (out / "model_card.json").is_file() and leftovers(tmp_path) == []
