@@ -47,7 +47,7 @@ def run(main: Main, argv: Sequence[str] | None = None) -> int:
         say(_os_error(error))
         return 2
     except KeyboardInterrupt:
-        say("interrupted; outputs are written all at once, so nothing partial was left.")
+        say("interrupted; outputs land all at once, so none was left half-written.")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
