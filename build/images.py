@@ -46,7 +46,7 @@ class ImageSet:
         """SHA-256 over the files' names and contents: identifies the set in manifests."""
         h = hashlib.sha256()
         for path in self.paths:
-            h.update(f"{os.path.basename(path)}:{sha256(path)}\n".encode())
+            h.update(os.fsencode(os.path.basename(path)) + f":{sha256(path)}\n".encode())
         return h.hexdigest()
 
 

@@ -123,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = checked_config(args)
     built_here = not args.model and not (config.float_dir / float_model.CARD_FILE).is_file()
+    made_out = not config.out.exists()
     try:
         ensure_float_model(args)
         result = quantize(args, config)
     except BaseException:
         if built_here:  # a failed run leaves nothing behind, the float model included
             shutil.rmtree(config.float_dir, ignore_errors=True)
+        if made_out and config.out.is_dir() and not any(config.out.iterdir()):
+            config.out.rmdir()
         raise
     print()
     for warning in result["warnings"]:

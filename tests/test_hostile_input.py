@@ -245,7 +245,12 @@ def corpus(tmp_path_factory, tiny_float_dir):
     models = make_models(root / "models")
     images = make_images(root / "images")
     labels = make_labels(root / "labels", classes=10)
-    cases = model_cases(models) + image_cases(models["good"], images) + \
+    labelled = root / "labelled"
+    for klass in ("a", "b"):
+        (labelled / klass).mkdir(parents=True)
+        shutil.copy(PHOTO, labelled / klass / "photo.jpg")
+    (labelled / "classes.tsv").write_text("wnid\timagenet_index\na\t0\nb\t1\n")
+    cases = model_cases(models, labelled) + image_cases(models["good"], images) + \
         label_cases(models["good"], labels) + manifest_cases(root, models["good"]) + \
         folder_cases(root, models["good"], tiny_float_dir, images) + \
         option_cases(root, models["good"], tiny_float_dir) + \
@@ -253,7 +258,7 @@ def corpus(tmp_path_factory, tiny_float_dir):
     return root, cases
 
 
-def model_cases(models: dict[str, Path]) -> list[Case]:
+def model_cases(models: dict[str, Path], labelled: Path) -> list[Case]:
     cases = []
     for name, path in models.items():
         usable = 0 if name in USABLE_MODELS else 2
@@ -267,6 +272,8 @@ def model_cases(models: dict[str, Path]) -> list[Case]:
             Case(f"bundle-model-{name}", "bundle",
                  ["--model", str(path), "--out", str(path.parent / f"b-{name}.tar.gz")],
                  usable, [path.name]),
+            Case(f"eval-model-{name}", "evaluate",
+                 ["--model", str(path), "--data", str(labelled)], usable, [path.name]),
         ]
     return cases
 
@@ -587,3 +594,36 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(corpus, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == str(PHOTO)
     assert "Traceback" not in err.read_text(), err.read_text()
+
+
+def test_odd_calibration_files_are_skipped_and_named_in_the_report(tiny_float_dir, tmp_path,
+                                                                    capsys):
+    """A calibration folder with a non-UTF-8 file name, a FIFO, garbage and a bomb beside
+    real photos: the run succeeds, and the report names what it skipped."""
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for photo in sorted(CALIBRATION_DIR.glob("*.jpg"))[:6]:
+        shutil.copy(photo, folder)
+    shutil.copy(PHOTO, os.fsdecode(bytes(folder) + b"/caf\xe9 skipped?.jpg"))
+    (Path(os.fsdecode(bytes(folder) + b"/bad\xff.png"))).write_bytes(b"garbage")
+    os.mkfifo(folder / "fifo.jpg")
+    out = tmp_path / "run"
+    code = cli.run(entry("quantize"), ["--model", str(tiny_float_dir), "--calib", str(folder),
+                                       "--variants", "int8", "--no-layer-errors",
+                                       "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    skipped = json.loads((out / "report.json").read_text())["skipped_files"]
+    assert len(skipped) == 2 and any("fifo.jpg" in name for name in skipped)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_failed_quantize_removes_the_float_model_it_built(tmp_path, capsys):
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "a.jpg").write_bytes(b"not a photo")
+    out = tmp_path / "run"
+    code = cli.run(entry("quantize"), ["--weights", "random", "--input-size", "75",
+                                       "--depth-multiplier", "0.25", "--calib", str(garbage),
+                                       "--variants", "int8", "--out", str(out)])
+    assert code == 2 and "No usable image" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == [garbage]
