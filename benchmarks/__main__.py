@@ -138,35 +138,56 @@ def main(argv: list[str] | None = None) -> int:
     return _bench(args, argv if argv is not None else sys.argv[1:])
 
 
-def _bench(args, argv: list[str]) -> int:
-    threads = parse_threads(args.threads)
-    run = Path(args.run)
+def open_run(run: Path) -> tuple[dict, Path, object, dict]:
+    """The run's manifest, its float model folder, the model and its card."""
     manifest_path = run / "manifest.json"
     if not manifest_path.is_file():
         raise InputError(f"No quantize run in {run} (no manifest.json); run `make "
                          f"quantize OUT={run}` first, or give RUN=<its OUT>.")
     manifest = read_json(manifest_path, "manifest")
-    float_dir = run / manifest["float_model"]["folder"]
-    model, card = float_model.load(float_dir)
-    size = tuple(card["input_size"])
-    this_machine = machine.describe()
-    name = args.name or f"{this_machine['architecture']}-{size[0]}"
-    out = Path(args.out)
-    work = Path(args.work) if args.work else run / "bench"
-    work.mkdir(parents=True, exist_ok=True)
-
-    ours, split_specs, split_info = our_candidates(run, manifest, work, not args.no_splits)
-    if REFERENCE not in manifest["variants"]:
+    if REFERENCE not in manifest.get("variants", {}):
         raise InputError("make bench reports ratios to the float32 TFLite model: the run "
                          "needs the float32 variant (VARIANTS= empty, or with float32).")
-    keras_spec = Spec("keras float32 (tf.function)", "keras", str(float_dir), "keras",
-                      "float32")
-    wanted_peers = [] if args.peers.strip() in ("", "none") else \
-        args.peers.replace(",", " ").split()
-    unknown = set(wanted_peers) - set(peers.PEER_PACKAGES)
+    try:
+        float_dir = run / manifest["float_model"]["folder"]
+    except (KeyError, TypeError):
+        raise InputError(f"{manifest_path} names no float model folder; run `make quantize "
+                         f"OUT={run}` again.") from None
+    model, card = float_model.load(float_dir)
+    return manifest, float_dir, model, card
+
+
+def parse_peers(text: str) -> list[str]:
+    wanted = [] if text.strip() in ("", "none") else text.replace(",", " ").split()
+    unknown = set(wanted) - set(peers.PEER_PACKAGES)
     if unknown:
         raise InputError(f"Unknown peer(s) {', '.join(sorted(unknown))}; choose from "
                          f"{', '.join(peers.PEER_PACKAGES)} or none.")
+    return wanted
+
+
+def drift_images(args, card: dict, size, manifest: dict, held_out) -> tuple:
+    """The images drift is measured on (EVAL=, else the run's held-out ones), described."""
+    if args.eval:
+        images_ = eval_images(card, size, args.eval, args.eval_samples)
+        return images_, f"{len(images_)} labelled images from {args.eval}"
+    return held_out, (f"{len(held_out)} held-out images of "
+                      f"{manifest['calibration']['folder']} (never used for calibration)")
+
+
+def _bench(args, argv: list[str]) -> int:
+    threads = parse_threads(args.threads)
+    wanted_peers = parse_peers(args.peers)
+    run = Path(args.run)
+    manifest, float_dir, model, card = open_run(run)
+    size = tuple(card["input_size"])
+    work = Path(args.work) if args.work else run / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+
+    # The candidates: ours, the float Keras model, the peers (calibrated on our images).
+    ours, split_specs, split_info = our_candidates(run, manifest, work, not args.no_splits)
+    keras_spec = Spec("keras float32 (tf.function)", "keras", str(float_dir), "keras",
+                      "float32")
     calibration, held_out = run_images(run, manifest, size)
     from runtime import preprocessing
     normalized = np.stack([preprocessing.normalize(p) for p in calibration.pixels])
@@ -175,46 +196,31 @@ def _bench(args, argv: list[str]) -> int:
                                            wanted_peers)
     peak_specs = peak.build_models(work / "peak")
     main_specs = ours + [keras_spec] + peer_specs
-    everything = main_specs + peak_specs + split_specs
 
-    latencies = {t: latency.measure(everything, t, args.runs, args.warmup, work)
-                 for t in threads}
+    # The measurements: latency of everything interleaved, memory, drift.
+    latencies = {t: latency.measure(main_specs + peak_specs + split_specs, t, args.runs,
+                                    args.warmup, work) for t in threads}
     print("[memory] one fresh process per candidate", flush=True)
     memories = {s.name: memory.measure(s, threads[0]) for s in main_specs}
-    if args.eval:
-        drift_set = eval_images(card, size, args.eval, args.eval_samples)
-        drift_source = f"{len(drift_set)} labelled images from {args.eval}"
-    else:
-        drift_set = held_out
-        drift_source = (f"{len(held_out)} held-out images of "
-                        f"{manifest['calibration']['folder']} (never used for calibration)")
+    drift_set, drift_source = drift_images(args, card, size, manifest, held_out)
     drifts = measure_drift([s for s in main_specs if s is not keras_spec], model,
                            drift_set.pixels, drift_set.labels, max(threads))
 
-    macs = float_model.multiply_adds(float_model.logits_model(model))
+    this_machine = machine.describe()
     results = {
-        "name": name,
+        "name": args.name or f"{this_machine['architecture']}-{size[0]}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "benchmarks", *argv]),
         "quantize_command": report.quantize_command(manifest, run),
         "machine": this_machine,
         "versions": machine.versions(),
-        "model": {"input_size": list(size), "depth_multiplier": card["depth_multiplier"],
-                  "num_classes": card["num_classes"], "weights": card["weights"]["source"],
-                  "multiply_adds": macs, "run": str(run)},
+        "model": model_info(model, card, run),
         "settings": {"threads": threads, "runs": args.runs, "warmup": args.warmup,
                      "memory_threads": threads[0], "drift_images": drift_source},
         "peers": peer_notes,
-        "candidates": {s.name: {"kind": s.kind, "family": s.family,
-                                "precision": s.precision, "file": s.path,
-                                "bytes": model_bytes(s), "options": s.options,
-                                "memory": memories[s.name], "drift": drifts.get(s.name),
-                                "latency": {str(t): latencies[t][s.name] for t in threads}}
+        "candidates": {s.name: candidate_entry(s, memories, drifts, latencies, threads)
                        for s in main_specs},
-        "peak": {str(t): {s.precision: {"p50_ms": latencies[t][s.name]["p50_ms"],
-                                        "gmacs": round(peak.gmacs(peak.MULTIPLY_ADDS,
-                                                       latencies[t][s.name]["p50_ms"]), 1)}
-                          for s in peak_specs} for t in threads},
+        "peak": peak_entries(peak_specs, latencies, threads),
         "peak_model": {"layers": peak.LAYERS, "size": peak.SIZE, "channels": peak.CHANNELS,
                        "multiply_adds": peak.MULTIPLY_ADDS},
         "splits": {"pools": split_info,
@@ -222,11 +228,35 @@ def _bench(args, argv: list[str]) -> int:
                                for t in threads}},
     }
     report.derive(results)
-    paths = report.write(results, out)
+    paths = report.write(results, Path(args.out))
     print(report.headline(results))
     print("Wrote " + ", ".join(str(p) for p in paths))
     return 0
 
+
+def model_info(model, card: dict, run: Path) -> dict:
+    return {"input_size": list(card["input_size"]),
+            "depth_multiplier": card["depth_multiplier"],
+            "num_classes": card["num_classes"], "weights": card["weights"]["source"],
+            "multiply_adds": float_model.multiply_adds(float_model.logits_model(model)),
+            "run": str(run)}
+
+
+def candidate_entry(spec: Spec, memories: dict, drifts: dict, latencies: dict,
+                    threads: list[int]) -> dict:
+    return {"kind": spec.kind, "family": spec.family, "precision": spec.precision,
+            "file": spec.path, "bytes": model_bytes(spec), "options": spec.options,
+            "memory": memories[spec.name], "drift": drifts.get(spec.name),
+            "latency": {str(t): latencies[t][spec.name] for t in threads}}
+
+
+def peak_entries(peak_specs: list[Spec], latencies: dict, threads: list[int]) -> dict:
+    """p50 and GMAC/s of the peak-throughput models, per thread count."""
+    return {str(t): {s.precision: {"p50_ms": latencies[t][s.name]["p50_ms"],
+                                   "gmacs": round(peak.gmacs(peak.MULTIPLY_ADDS,
+                                                             latencies[t][s.name]["p50_ms"]),
+                                                  1)}
+                     for s in peak_specs} for t in threads}
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -151,86 +151,104 @@ def _fmt(value, spec: str = ".1f", none: str = "-") -> str:
 
 
 def markdown(results: dict) -> str:
-    m, model = results["machine"], results["model"]
+    """The results page: how it was measured, targets, latency per thread count, memory,
+    accuracy, what the XNNPACK splits cost, why, and the peers' notes."""
     threads = list(map(str, results["settings"]["threads"]))
-    candidates = results["candidates"]
-    parts = [f"# Benchmark: {results['name']}", "",
-             f"InceptionV3 {'x'.join(map(str, model['input_size']))}, depth multiplier "
-             f"{model['depth_multiplier']}, {model['num_classes']} classes, weights "
-             f"`{model['weights']}`, {model['multiply_adds'] / 1e9:.2f} G multiply-adds. "
-             f"Measured {results['created']}.", "",
-             f"- CPU class: **{m.get('cpu_class', m['architecture'])}**",
-             f"- CPU: {m['cpu_model']} ({m['architecture']}), {m['usable_cpus']} usable "
-             f"cores, {m['memory_gb']} GiB; kernel-relevant flags: "
-             f"{', '.join(m['kernel_flags']) or 'none'}",
-             f"- OS: {m['os']}, Python {m['python']}",
-             "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
-             f"- Commands: `{results['quantize_command']}` then `{results['command']}`",
-             f"- Method: every candidate loaded in one process per thread count, "
-             f"{results['settings']['warmup']} warm-up runs, then "
-             f"{results['settings']['runs']} interleaved rounds (A B C ... A B C ...); p50 "
-             "and p90 of single-image latency. Ratios are to the float32 TFLite model "
-             "measured in the same rounds. Memory and start-up: a fresh process per "
-             f"candidate at {results['settings']['memory_threads']} thread(s). Drift: "
-             f"{results['settings']['drift_images']}, against the float Keras model.", ""]
-    parts += ["## Targets", ""]
-    parts += [f"- **{'met' if v['met'] else 'not met'}**: {v['target']}: {v['measured']}"
-              for v in results["verdicts"]] or ["- no int8 variant in this run"]
-    parts.append("")
+    parts = _method_lines(results) + _target_lines(results)
     for t in threads:
-        peak = results["peak"][t]
-        parts += [f"## Latency, {t} thread(s)", "",
-                  f"Peak of this runtime here (1x1-convolution model, same loop): float32 "
-                  f"{peak['float32']['gmacs']} GMAC/s, int8 {peak['int8']['gmacs']} GMAC/s.",
-                  ""]
-        rows = []
-        for name, e in sorted(candidates.items(),
-                              key=lambda kv: kv[1]["latency"][t]["p50_ms"]):
-            f = e["latency"][t]
-            rows.append([f"`{name}`", e["family"], f"{e['bytes'] / MB:.1f}",
-                         f"{f['p50_ms']:.1f}", f"{f['p90_ms']:.1f}",
-                         f"{f['speedup_vs_float32']:.2f}x", f"{f['gmacs']:.0f}",
-                         _fmt(f["percent_of_peak"], ".0f") +
-                         ("%" if f["percent_of_peak"] is not None else ""),
-                         f"{f['cpu_per_wall']:.2f}"])
-        parts += _table(["candidate", "family", "size MB", "p50 ms", "p90 ms",
-                         "vs float32 TFLite", "GMAC/s", "% of TFLite peak", "CPU/wall"], rows)
-        parts.append("")
-    parts += ["## Start-up and memory", "",
-              "Peak resident memory of a process that loads the model and runs it three "
-              "times; the import column is what the framework took before any model.", ""]
-    parts += _table(["candidate", "init ms", "first run ms", "peak RSS MB", "import RSS MB"],
-                    [[f"`{n}`", _fmt(e["memory"]["init_ms"]),
-                      _fmt(e["memory"]["first_invoke_ms"]), _fmt(e["memory"]["peak_rss_mb"], ".0f"),
-                      _fmt(e["memory"]["import_rss_mb"], ".0f")]
-                     for n, e in candidates.items()])
-    parts.append("")
-    parts += accuracy_table(results)
-    pools = results["splits"]["pools"]
-    if pools and any("cost_ms" in p for p in pools):
-        parts += ["## What each XNNPACK split costs", "",
-                  "The converter's all-integer int8 graph leaves every int8 AVERAGE_POOL_2D "
-                  "to LiteRT's built-in kernel, cutting XNNPACK's graph into pieces. Each row "
-                  "is the int8 model with only that pool left integer, minus the int8 model "
-                  "with none (all pools as float islands), same rounds.", ""]
-        rows = [[p["pool"], f"`{p['input']}`", "x".join(map(str, p["shape"][1:])),
-                 *[_fmt(p.get("cost_ms", {}).get(t), ".2f") for t in threads]]
-                for p in pools]
-        total = [sum(p.get("cost_ms", {}).get(t, 0) for p in pools) for t in threads]
-        rows.append(["all", "", "", *[f"{x:.2f}" for x in total]])
-        parts += _table(["pool", "input", "shape", *[f"ms at {t} thread(s)" for t in threads]],
-                        rows)
-        parts.append("")
-    parts += explanation(results)
-    notes = {k: v for k, v in results["peers"].items()
-             if k not in ("conversion", "openvino_kernels")}
-    if notes:
-        parts += ["## Peers", "", *[f"- {k}: {v}" for k, v in notes.items()]]
-        for name, kernels in results["peers"].get("openvino_kernels", {}).items():
-            parts.append(f"- `{name}` convolutions ran on oneDNN's " + ", ".join(
-                f"{kernel} ({count})" for kernel, count in kernels.items()))
-        parts.append("")
+        parts += _latency_lines(results, t)
+    parts += _memory_lines(results["candidates"]) + accuracy_table(results) + \
+        _split_lines(results["splits"]["pools"], threads) + explanation(results) + \
+        _peer_lines(results["peers"])
     return "\n".join(parts) + "\n"
+
+
+def _method_lines(results: dict) -> list[str]:
+    m, model = results["machine"], results["model"]
+    return [f"# Benchmark: {results['name']}", "",
+            f"InceptionV3 {'x'.join(map(str, model['input_size']))}, depth multiplier "
+            f"{model['depth_multiplier']}, {model['num_classes']} classes, weights "
+            f"`{model['weights']}`, {model['multiply_adds'] / 1e9:.2f} G multiply-adds. "
+            f"Measured {results['created']}.", "",
+            f"- CPU class: **{m.get('cpu_class', m['architecture'])}**",
+            f"- CPU: {m['cpu_model']} ({m['architecture']}), {m['usable_cpus']} usable "
+            f"cores, {m['memory_gb']} GiB; kernel-relevant flags: "
+            f"{', '.join(m['kernel_flags']) or 'none'}",
+            f"- OS: {m['os']}, Python {m['python']}",
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+            f"- Commands: `{results['quantize_command']}` then `{results['command']}`",
+            f"- Method: every candidate loaded in one process per thread count, "
+            f"{results['settings']['warmup']} warm-up runs, then "
+            f"{results['settings']['runs']} interleaved rounds (A B C ... A B C ...); p50 "
+            "and p90 of single-image latency. Ratios are to the float32 TFLite model "
+            "measured in the same rounds. Memory and start-up: a fresh process per "
+            f"candidate at {results['settings']['memory_threads']} thread(s). Drift: "
+            f"{results['settings']['drift_images']}, against the float Keras model.", ""]
+
+
+def _target_lines(results: dict) -> list[str]:
+    return ["## Targets", ""] + \
+        ([f"- **{'met' if v['met'] else 'not met'}**: {v['target']}: {v['measured']}"
+          for v in results["verdicts"]] or ["- no int8 variant in this run"]) + [""]
+
+
+def _latency_lines(results: dict, t: str) -> list[str]:
+    peak = results["peak"][t]
+    parts = [f"## Latency, {t} thread(s)", "",
+             f"Peak of this runtime here (1x1-convolution model, same loop): float32 "
+             f"{peak['float32']['gmacs']} GMAC/s, int8 {peak['int8']['gmacs']} GMAC/s.", ""]
+    rows = []
+    for name, e in sorted(results["candidates"].items(),
+                          key=lambda kv: kv[1]["latency"][t]["p50_ms"]):
+        f = e["latency"][t]
+        rows.append([f"`{name}`", e["family"], f"{e['bytes'] / MB:.1f}",
+                     f"{f['p50_ms']:.1f}", f"{f['p90_ms']:.1f}",
+                     f"{f['speedup_vs_float32']:.2f}x", f"{f['gmacs']:.0f}",
+                     _fmt(f["percent_of_peak"], ".0f") +
+                     ("%" if f["percent_of_peak"] is not None else ""),
+                     f"{f['cpu_per_wall']:.2f}"])
+    return parts + _table(["candidate", "family", "size MB", "p50 ms", "p90 ms",
+                           "vs float32 TFLite", "GMAC/s", "% of TFLite peak", "CPU/wall"],
+                          rows) + [""]
+
+
+def _memory_lines(candidates: dict) -> list[str]:
+    return ["## Start-up and memory", "",
+            "Peak resident memory of a process that loads the model and runs it three "
+            "times; the import column is what the framework took before any model.", ""] + \
+        _table(["candidate", "init ms", "first run ms", "peak RSS MB", "import RSS MB"],
+               [[f"`{n}`", _fmt(e["memory"]["init_ms"]),
+                 _fmt(e["memory"]["first_invoke_ms"]), _fmt(e["memory"]["peak_rss_mb"], ".0f"),
+                 _fmt(e["memory"]["import_rss_mb"], ".0f")]
+                for n, e in candidates.items()]) + [""]
+
+
+def _split_lines(pools: list[dict], threads: list[str]) -> list[str]:
+    if not pools or not any("cost_ms" in p for p in pools):
+        return []
+    rows = [[p["pool"], f"`{p['input']}`", "x".join(map(str, p["shape"][1:])),
+             *[_fmt(p.get("cost_ms", {}).get(t), ".2f") for t in threads]]
+            for p in pools]
+    total = [sum(p.get("cost_ms", {}).get(t, 0) for p in pools) for t in threads]
+    rows.append(["all", "", "", *[f"{x:.2f}" for x in total]])
+    return ["## What each XNNPACK split costs", "",
+            "The converter's all-integer int8 graph leaves every int8 AVERAGE_POOL_2D "
+            "to LiteRT's built-in kernel, cutting XNNPACK's graph into pieces. Each row "
+            "is the int8 model with only that pool left integer, minus the int8 model "
+            "with none (all pools as float islands), same rounds.", ""] + \
+        _table(["pool", "input", "shape", *[f"ms at {t} thread(s)" for t in threads]],
+               rows) + [""]
+
+
+def _peer_lines(peers: dict) -> list[str]:
+    notes = {k: v for k, v in peers.items() if k not in ("conversion", "openvino_kernels")}
+    if not notes:
+        return []
+    parts = ["## Peers", "", *[f"- {k}: {v}" for k, v in notes.items()]]
+    for name, kernels in peers.get("openvino_kernels", {}).items():
+        parts.append(f"- `{name}` convolutions ran on oneDNN's " + ", ".join(
+            f"{kernel} ({count})" for kernel, count in kernels.items()))
+    return parts + [""]
 
 
 def _ci(interval: list[float], scale: float = 100, spec: str = ".1f") -> str:

@@ -145,9 +145,20 @@ def _recipe_lines(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
+    """report.md: what was quantized and measured, the table, then each section."""
+    parts = ["# Quantization report", ""] + _header_lines(report) + [table(report), ""] + \
+        _island_lines(report) + _gate_lines(report["gate"]) + _flip_lines(report) + \
+        _recipe_lines(report) + _layer_error_lines(report.get("int8_layer_errors")) + \
+        _edgetpu_lines(report) + \
+        ["", "Sizes, conversion time and peak resident memory (RSS) are measured in this "
+         "run; `manifest.json` holds the checksums and quantization parameters."]
+    return "\n".join(parts) + "\n"
+
+
+def _header_lines(report: dict) -> list[str]:
     fm = report["float_model"]
     h, w = fm["input_size"]
-    parts = ["# Quantization report", ""]
+    parts = []
     for warning in report["warnings"]:
         parts += [f"> **{warning}**", "> Drift on an untrained network is noise: its outputs "
                   "are near-uniform, so top-1 agreement says little.", ""]
@@ -165,25 +176,34 @@ def markdown(report: dict) -> str:
     if report["held_out"]["images"] < 20:
         parts += [f"Only {report['held_out']['images']} held-out images: the agreement "
                   "figures are indicative; give CALIB= a folder of a few hundred photos.", ""]
-    parts += [table(report), ""]
+    return parts
+
+
+def _island_lines(report: dict) -> list[str]:
     islands = [name for name, e in report["variants"].items()
                if "float islands" in e.get("graph", "")]
-    if islands:
-        parts += [f"CPU graphs of {', '.join(islands)}: "
-                  f"{report['variants'][islands[0]]['graph']} (XNNPACK has no int8 average "
-                  "pool; see quantize/pool_islands.py). Every figure above, the Edge TPU "
-                  "column included, is measured on the file that ships. For the Coral Edge "
-                  "TPU use `inception_v3_coral.tflite` (all-integer), not these.", ""]
-    parts += _gate_lines(report["gate"]) + _flip_lines(report) + _recipe_lines(report)
-    per_layer = report.get("int8_layer_errors")
-    if per_layer:
-        parts += ["## int8: layers with the largest quantization error", "",
-                  f"RMS error over the tensor's scale, on {per_layer['images']} held-out "
-                  f"images (rounding alone gives {per_layer['rounding_noise_rmse_over_scale']:.2f}).",
-                  "", "| tensor | op | rmse/scale | max abs error |", "|---|---|---|---|"]
-        parts += [f"| `{r['tensor']}` | {r['op']} | {r['rmse_over_scale']:.3f} | "
-                  f"{r['max_abs_error']:.4g} |" for r in per_layer["worst"]]
-        parts.append("")
+    if not islands:
+        return []
+    return [f"CPU graphs of {', '.join(islands)}: "
+            f"{report['variants'][islands[0]]['graph']} (XNNPACK has no int8 average "
+            "pool; see quantize/pool_islands.py). Every figure above, the Edge TPU "
+            "column included, is measured on the file that ships. For the Coral Edge "
+            "TPU use `inception_v3_coral.tflite` (all-integer), not these.", ""]
+
+
+def _layer_error_lines(per_layer: dict | None) -> list[str]:
+    if not per_layer:
+        return []
+    return ["## int8: layers with the largest quantization error", "",
+            f"RMS error over the tensor's scale, on {per_layer['images']} held-out "
+            f"images (rounding alone gives {per_layer['rounding_noise_rmse_over_scale']:.2f}).",
+            "", "| tensor | op | rmse/scale | max abs error |", "|---|---|---|---|"] + \
+        [f"| `{r['tensor']}` | {r['op']} | {r['rmse_over_scale']:.3f} | "
+         f"{r['max_abs_error']:.4g} |" for r in per_layer["worst"]] + [""]
+
+
+def _edgetpu_lines(report: dict) -> list[str]:
+    parts = []
     tpu_notes = {e["edgetpu"].get("compiler", {}).get("note")
                  for e in report["variants"].values() if "edgetpu" in e} - {None}
     if tpu_notes:
@@ -195,6 +215,4 @@ def markdown(report: dict) -> str:
             parts.append(f"- `{name}`: {len(tpu['problems'])} of {tpu['ops']} ops would run on "
                          f"the CPU, the first #{first['index']} {first['op']} "
                          f"({'; '.join(first['why'])})")
-    parts += ["", "Sizes, conversion time and peak resident memory (RSS) are measured in "
-              "this run; `manifest.json` holds the checksums and quantization parameters."]
-    return "\n".join(parts) + "\n"
+    return parts
