@@ -13,7 +13,7 @@ from typing import Iterator
 
 from runtime.errors import InputError
 
-MAX_JSON_BYTES = 64 << 20  # manifests and model cards are kilobytes
+MAX_TEXT_BYTES = 64 << 20  # manifests, model cards and labels files are kilobytes
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -40,14 +40,20 @@ def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
+def _small_file(path: str | os.PathLike, what: str, fix: str) -> bytes:
+    """The bytes of a regular file no larger than a text file of its kind can be."""
+    path = regular_file(path, what)
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise InputError(f"The {what} {path} is {path.stat().st_size:,} bytes, too large to "
+                         f"be one; {fix}.")
+    return path.read_bytes()
+
+
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """A JSON object from a regular file, or one sentence saying why it is not one."""
-    path = regular_file(path, what)
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise InputError(f"The {what} {path} is {path.stat().st_size:,} bytes, too large to "
-                         "be one; restore it.")
+    raw = _small_file(path, what, "restore it")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise InputError(f"The {what} {path} is not valid JSON ({error}); restore it.") \
             from None
@@ -59,12 +65,9 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
 
 def read_labels_file(path: str | os.PathLike) -> list[str]:
     """One label per line, UTF-8 (a byte-order mark is allowed); anything else is named."""
-    path = regular_file(path, "labels file")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise InputError(f"The labels file {path} is too large to be one; give one class "
-                         "name per line.")
+    raw = _small_file(path, "labels file", "give one class name per line")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError(f"The labels file {path} is not UTF-8 text; save it as UTF-8, one "
                          "class name per line.") from None
