@@ -36,7 +36,8 @@ def parse_args(argv):
     p.add_argument("--run", default="artifacts", help="output folder of make quantize")
     p.add_argument("--name", help="results name (default: <arch>-<input size>)")
     p.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
-    p.add_argument("--runs", type=cli.positive_int, default=30, help="timed rounds per thread count")
+    p.add_argument("--runs", type=cli.positive_int, default=30,
+                   help="timed rounds per thread count")
     p.add_argument("--warmup", type=cli.non_negative_int, default=5)
     p.add_argument("--eval", help="labelled folder: top-1 of every candidate")
     p.add_argument("--eval-samples", type=cli.positive_int, default=500,

@@ -29,7 +29,8 @@ def parse_args(argv):
     p.add_argument("--held-out-samples", type=cli.positive_int, default=100)
     p.add_argument("--eval", help="labelled folder (one sub-folder per class)")
     p.add_argument("--eval-samples", type=cli.positive_int)
-    p.add_argument("--max-top1-drop", type=cli.float_in(0.0, 100.0), help="points of top-1 a variant may lose")
+    p.add_argument("--max-top1-drop", type=cli.float_in(0.0, 100.0),
+                   help="points of top-1 a variant may lose")
     p.add_argument("--min-agreement", type=cli.float_in(0.0, 100.0),
                    help="percent of top-1 answers a variant must share with float (on "
                         "--eval, else on the held-out images)")

@@ -17,7 +17,8 @@ from runtime.preprocessing import ImageError
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=".tflite file")
-    p.add_argument("--threads", type=cli.positive_int, help="interpreter threads (default: all cores)")
+    p.add_argument("--threads", type=cli.positive_int,
+                   help="interpreter threads (default: all cores)")
     p.add_argument("--edgetpu", action="store_true", default=None,
                    help="use the Edge TPU delegate (automatic for *_edgetpu.tflite)")
     p.add_argument("--device", help="Edge TPU device: usb, usb:N, pci, pci:N")
