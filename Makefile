@@ -71,6 +71,10 @@ build: setup
 quantize: setup
 	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT)
 
+# WORKERS=N: make train and make qat train on N local workers (tf.distribute), make eval
+# RUNNER=beam evaluates on N local Beam workers.
+WORKERS ?= 1
+
 # Training: make train DATA=<folder, one sub-folder per class> [VAL=<folder>] writes the
 # float model into $(OUT)/float, where make quantize / make qat take it as it is.
 DATA ?=
@@ -83,7 +87,7 @@ train: setup
 	$(PY) -m build.train --data $(DATA) $(if $(VAL),--val $(VAL)) --out $(OUT)/float \
 		--input-size $(INPUT_SIZE) --depth-multiplier $(DEPTH_MULTIPLIER) \
 		--weights $(WEIGHTS) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
-		--learning-rate $(LEARNING_RATE) --seed $(SEED) $(TRAIN_ARGS)
+		--learning-rate $(LEARNING_RATE) --seed $(SEED) --workers $(WORKERS) $(TRAIN_ARGS)
 
 # The strong reference model every accuracy figure in benchmarks/ is measured on:
 # InceptionV3 (depth multiplier 0.5) trained from random weights on Imagenette's train
@@ -101,12 +105,18 @@ reference: setup
 QAT_EPOCHS ?= 2
 qat: setup
 	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT) --qat-data $(DATA) \
-		$(if $(VAL),--qat-val $(VAL)) --qat-epochs $(QAT_EPOCHS)
+		$(if $(VAL),--qat-val $(VAL)) --qat-epochs $(QAT_EPOCHS) --workers $(WORKERS)
 
 # Accuracy on a labelled folder: MODEL=<float folder or .tflite>, or RUN=<quantize OUT>.
+# RUNNER=beam evaluates a run as an Apache Beam pipeline: WORKERS=N local processes, or
+# BEAM_ARGS="--runner=FlinkRunner ..." for a cluster.
 RUN ?=
+RUNNER ?= process
+BEAM_ARGS ?=
 eval: setup
-	$(PY) -m quantize.evaluate --data $(DATA) $(if $(RUN),--run $(RUN),--model $(MODEL))
+	@case "$(RUNNER)" in process|beam) ;; *) echo "error: RUNNER=$(RUNNER): use process or beam" >&2; exit 2;; esac
+	$(PY) -m quantize.evaluate --data $(DATA) $(if $(RUN),--run $(RUN),--model $(MODEL)) \
+		$(if $(filter beam,$(RUNNER)),--beam --workers $(WORKERS) $(BEAM_ARGS))
 
 # A deploy bundle of one variant of a quantize run (VARIANT=int8, uint8, ...).
 VARIANT ?= int8

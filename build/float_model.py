@@ -166,8 +166,9 @@ def _without_save_date(path: Path) -> None:
             target.writestr(fixed, data)
 
 
-def load(model_dir: str | Path) -> tuple[keras.Model, dict]:
-    """A float model folder written by `save`, its checksum verified."""
+def read_card(model_dir: str | Path) -> dict:
+    """The card of a float model folder written by `save`, its model file's checksum
+    verified (without loading the model)."""
     model_dir = Path(model_dir)
     card_path, model_path = model_dir / CARD_FILE, model_dir / MODEL_FILE
     if not card_path.is_file() or not model_path.is_file():
@@ -178,8 +179,13 @@ def load(model_dir: str | Path) -> tuple[keras.Model, dict]:
     if expected and sha256(model_path) != expected:
         raise InputError(f"{model_path} does not match the SHA-256 in its model card: the "
                          "file changed after it was built; rebuild it.")
-    model = keras.models.load_model(model_path, compile=False)
-    return model, card
+    return card
+
+
+def load(model_dir: str | Path) -> tuple[keras.Model, dict]:
+    """A float model folder written by `save`, its checksum verified."""
+    card = read_card(model_dir)
+    return keras.models.load_model(Path(model_dir) / MODEL_FILE, compile=False), card
 
 
 def logits_model(model: keras.Model) -> keras.Model:

@@ -189,15 +189,20 @@ def load_labelled(folder: str | os.PathLike, size: tuple[int, int],
                        central_fraction=central_fraction)
 
 
+def labelled_files(folder: str | os.PathLike, class_names: Sequence[str] | None,
+                   num_classes: int) -> list[tuple[str, int]]:
+    """(path, label) of every image in a labelled folder, in the order evaluations use."""
+    mapping = folder_classes(folder, class_names, num_classes)
+    root = Path(folder)
+    files = ((path, mapping.get(Path(path).relative_to(root).parts[0]))
+             for path in preprocessing.list_images(folder))
+    return [(path, label) for path, label in files if label is not None]
+
+
 def stream_labelled(folder: str | os.PathLike, size: tuple[int, int],
                     class_names: Sequence[str] | None, num_classes: int
                     ) -> Iterator[tuple[str, np.ndarray | None, int, str | None]]:
     """(path, pixels or None, label, skip reason) one image at a time: memory stays flat."""
-    mapping = folder_classes(folder, class_names, num_classes)
-    root = Path(folder)
-    for path in preprocessing.list_images(folder):
-        label = mapping.get(Path(path).relative_to(root).parts[0])
-        if label is None:
-            continue
+    for path, label in labelled_files(folder, class_names, num_classes):
         pixels, why = try_read(path, size)
         yield path, pixels, label, why

@@ -9,13 +9,14 @@ Checkpoints after every epoch (weights and optimizer) let a rerun resume.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from build import float_model
+from build import distributed, float_model
 from build import inception_v3 as net
 from build.keras_env import keras, tf
 from build.weights import load_weights
@@ -113,7 +114,10 @@ def datasets(config: TrainConfig, x_train, y_train, x_val, y_val, targets=None):
     val_ds = tf.data.Dataset.from_tensor_slices((normalize(x_val), y_val))
     if targets is not None:
         train_ds, val_ds = train_ds.map(targets), val_ds.map(targets)
-    return (train_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE), val_ds.batch(64))
+    train_ds = train_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    if distributed.cluster() is not None:
+        return distributed.shard_by_data(train_ds), distributed.shard_by_data(val_ds.batch(64))
+    return train_ds, val_ds.batch(64)
 
 
 def build_model(config: TrainConfig, num_classes: int) -> tuple[keras.Model, object]:
@@ -144,28 +148,29 @@ def _resume_state(path: Path) -> dict:
         return {}
 
 
-def train(config: TrainConfig) -> dict:
-    start = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    x_train, y_train, x_val, y_val, classes = load_training_data(config)
-    model, weights_info = build_model(config, len(classes))
-    output_names = model.output_names
-    losses = {name: keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-              for name in output_names}
-    loss_weights = {name: (1.0 if i == 0 else AUX_LOSS_WEIGHT)
-                    for i, name in enumerate(output_names)}
-    steps = math.ceil(len(x_train) / config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate,
-                                                      steps * config.epochs)
-    optimizer = keras.optimizers.Adam(schedule)
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=loss_weights,
-                  metrics={output_names[0]: "accuracy"})
+def _compiled_model(config: TrainConfig, num_classes: int, steps: int):
+    """The model with its losses (aux head at 0.4, as slim) and optimizer, built in the
+    distribution strategy's scope (one device, or every worker's)."""
+    with distributed.strategy().scope():
+        model, weights_info = build_model(config, num_classes)
+        output_names = model.output_names
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate,
+                                                          steps * config.epochs)
+        optimizer = keras.optimizers.Adam(schedule)
+        model.compile(optimizer=optimizer,
+                      loss={name: keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+                            for name in output_names},
+                      loss_weights={name: (1.0 if i == 0 else AUX_LOSS_WEIGHT)
+                                    for i, name in enumerate(output_names)},
+                      metrics={output_names[0]: "accuracy"})
+    return model, optimizer, weights_info
 
-    def targets(x, y):
-        return x, {name: y for name in output_names}
 
-    train_ds, val_ds = datasets(config, x_train, y_train, x_val, y_val, targets)
-
+def _resumable(config: TrainConfig, model, optimizer) -> tuple[int, list]:
+    """The epoch to start from and the checkpoint callback. Several workers start afresh:
+    a resume would need every worker to restore the same checkpoint."""
+    if distributed.cluster() is not None:
+        return 0, []
     ckpt_dir = Path(config.out) / "checkpoint"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -182,17 +187,41 @@ def train(config: TrainConfig) -> dict:
             print(f"Resuming from epoch {initial_epoch} ({manager.latest_checkpoint})")
         else:
             print("A checkpoint from other settings is in the way; starting afresh.")
+    return initial_epoch, [_Checkpointer(manager, state_path, fingerprint)]
+
+
+def _top1(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray) -> float:
+    """Validation top-1 with the device's preprocessing (a plain loop: the same on one
+    worker or several)."""
+    logits = []
+    for start in range(0, len(x_val), 64):
+        out = model(normalize(x_val[start:start + 64]), training=False)
+        logits.append(np.asarray(out[0] if isinstance(out, list) else out))
+    return float(np.mean(np.argmax(np.concatenate(logits), 1) == y_val))
+
+
+def train(config: TrainConfig) -> dict:
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    x_train, y_train, x_val, y_val, classes = load_training_data(config)
+    steps = math.ceil(len(x_train) / config.batch_size)
+    model, optimizer, weights_info = _compiled_model(config, len(classes), steps)
+
+    def targets(x, y):
+        return x, {name: y for name in model.output_names}
+
+    train_ds, val_ds = datasets(config, x_train, y_train, x_val, y_val, targets)
+    initial_epoch, callbacks = _resumable(config, model, optimizer)
+    workers = distributed.num_workers()
     if initial_epoch < config.epochs:
         print(f"Training on {len(x_train)} images, validating on {len(x_val)}, "
               f"{len(classes)} classes, {config.input_size[0]}x{config.input_size[1]}, "
-              f"depth multiplier {config.depth_multiplier}, weights {weights_info.source}",
-              flush=True)
+              f"depth multiplier {config.depth_multiplier}, weights {weights_info.source}"
+              + (f", {workers} workers" if workers > 1 else ""), flush=True)
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                  initial_epoch=initial_epoch, verbose=2,
-                  callbacks=[_Checkpointer(manager, state_path, fingerprint)])
-    logits = model.predict(val_ds.map(lambda x, y: x), verbose=0)
-    logits = logits[0] if isinstance(logits, list) else logits
-    top1 = float(np.mean(np.argmax(logits, 1) == y_val))
+                  initial_epoch=initial_epoch, verbose=2 if distributed.is_chief() else 0,
+                  callbacks=callbacks)
+    top1 = _top1(model, x_val, y_val)
     seconds = time.perf_counter() - start
     build_config = float_model.BuildConfig(
         input_size=config.input_size, num_classes=len(classes),
@@ -201,12 +230,14 @@ def train(config: TrainConfig) -> dict:
     training = {"data": config.data, "val": config.val or f"{config.val_fraction:.0%} held out",
                 "train_images": int(len(x_train)), "val_images": int(len(x_val)),
                 "epochs": config.epochs, "batch_size": config.batch_size,
-                "learning_rate": config.learning_rate, "val_top1": top1,
+                "learning_rate": config.learning_rate, "workers": workers, "val_top1": top1,
                 "seconds": round(seconds, 1)}
     card = float_model.model_card(model, build_config, weights_info, {"training": training})
-    float_model.save(model, card, config.out)
-    print(f"Final: validation top-1 {100 * top1:.2f}% on {len(x_val)} images after "
-          f"{config.epochs} epochs ({seconds / 60:.1f} min); model in {config.out}")
+    with distributed.output_folder(config.out) as out:
+        float_model.save(model, card, out)
+    if distributed.is_chief():
+        print(f"Final: validation top-1 {100 * top1:.2f}% on {len(x_val)} images after "
+              f"{config.epochs} epochs ({seconds / 60:.1f} min); model in {config.out}")
     return training
 
 
@@ -229,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=cli.non_negative_int, default=0)
     p.add_argument("--min-crop-area", type=cli.float_in(0.0, 1.0, low_open=True), default=0.25)
     p.add_argument("--no-flip", action="store_true", help="for classes a mirror changes")
+    p.add_argument("--workers", type=cli.positive_int, default=1,
+                   help="local worker processes (tf.distribute MultiWorkerMirroredStrategy)")
     args = p.parse_args(argv)
     check_output(args.out)
+    if args.workers > 1 and distributed.cluster() is None:
+        return distributed.launch_local("build.train", distributed.without_workers_option(
+            sys.argv[1:] if argv is None else argv), args.workers)
     train(TrainConfig(
         data=args.data, out=args.out,
         input_size=float_model.parse_input_size(args.input_size),

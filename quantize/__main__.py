@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from build.keras_env import keras  # noqa: F401  (picks Keras 2 before TensorFlow loads)
-from build import float_model, images
+from build import distributed, float_model, images
 from build.weights import WEIGHT_CHOICES
 from quantize import pipeline, recipe, report, variants
 from runtime import cli
@@ -50,6 +50,9 @@ def parse_args(argv):
     q.add_argument("--qat-epochs", type=cli.positive_int, default=2)
     q.add_argument("--qat-learning-rate", type=cli.float_in(0.0, 1.0, low_open=True), default=1e-5)
     q.add_argument("--qat-no-flip", action="store_true")
+    q.add_argument("--workers", type=cli.positive_int, default=1,
+                   help="local worker processes for QAT (tf.distribute "
+                        "MultiWorkerMirroredStrategy); the chief then quantizes")
     b = p.add_argument_group("float model (as make build)")
     b.add_argument("--weights", default="auto", help=WEIGHT_CHOICES)
     b.add_argument("--input-size", default="299")
@@ -94,6 +97,9 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         images.class_folders(args.eval)
     if args.qat_data:
         images.class_folders(args.qat_data)
+    if args.workers > 1 and not args.qat_data:
+        raise InputError("WORKERS=N shares quantization-aware training between workers: "
+                         "it applies to make qat DATA=<folder>, not to make quantize.")
     names = variants.parse_variants(args.variants)
     if args.qat_data and "qat" not in names:
         names.append("qat")
@@ -109,14 +115,19 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         recipe=recipe.Recipe(mode=args.int8_mode, fallback_target=args.fallback_target / 100))
 
 
-def quantize(args, config: pipeline.QuantizeConfig) -> dict:
+def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
+    """The run's report; None on a worker other than the chief, whose part ends with
+    quantization-aware training."""
     qat_model = None
     if args.qat_data:
         from quantize.qat import quantization_aware
+        distributed.strategy()  # before the first TensorFlow op, on a worker of several
         model, card = float_model.load(config.float_dir)
         qat_model = quantization_aware(
             model, card, args.qat_data, args.qat_val, epochs=args.qat_epochs,
             learning_rate=args.qat_learning_rate, flip=not args.qat_no_flip)
+        if not distributed.is_chief():
+            return None
     return pipeline.run(config, qat_model)
 
 
@@ -127,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     made_out = not config.out.exists()
     try:
         ensure_float_model(args)
+        if args.workers > 1 and distributed.cluster() is None:
+            return _on_local_workers(args, argv, config)
         result = quantize(args, config)
     except BaseException:
         if built_here:  # a failed run leaves nothing behind, the float model included
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if made_out and config.out.is_dir() and not any(config.out.iterdir()):
             config.out.rmdir()
         raise
+    if result is None:
+        return 0
     print()
     for warning in result["warnings"]:
         print(warning)
@@ -149,6 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' or '.join(b for b in budgets if b)}: {report.gate_failures(gate)}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _on_local_workers(args, argv: list[str] | None, config: pipeline.QuantizeConfig) -> int:
+    """make qat WORKERS=N: N local workers train together, the chief then quantizes. The
+    float model is built first, here, so that no two workers build it at once."""
+    worker_args = distributed.without_workers_option(sys.argv[1:] if argv is None else argv)
+    if not args.model:
+        worker_args += ["--model", str(config.float_dir)]
+    code = distributed.launch_local("quantize", worker_args, args.workers)
+    if code:
+        raise SystemExit(code)  # a failed run leaves nothing behind (main's cleanup)
     return 0
 
 

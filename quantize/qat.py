@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from build import float_model
+from build import distributed, float_model
 from build.inception_v3 import fold_batch_norm
 from build.keras_env import keras, tf
 from build.train import TrainConfig, datasets, load_training_data
@@ -77,18 +77,32 @@ def quantization_aware(model: keras.Model, card: dict, data: str, val: str | Non
         config, card.get("labels"), card["num_classes"])
     train_ds, val_ds = datasets(config, x_train, y_train, x_val, y_val)
     keras.utils.set_random_seed(seed)
+    with distributed.strategy().scope():  # one device, or every worker's (WORKERS=N)
+        qat, folded = _qat_model(model, card)
+        calibrate_ranges(qat, folded, x_val[:32])
+        distillation = Distillation(qat, float_model.logits_model(model))
+        distillation.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    print(f"Quantization-aware training (distillation from the float model) on "
+          f"{len(x_train)} images for {epochs} epoch(s)", flush=True)
+    distillation.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                     verbose=2 if distributed.is_chief() else 0)
+    if distributed.cluster() is None:
+        return qat
+    # The trained weights into a model of this process alone, for the converter: reading
+    # them is a collective every worker joins, in the same order.
+    weights = qat.get_weights()
+    plain, _ = _qat_model(model, card)
+    plain.set_weights(weights)
+    return plain
+
+
+def _qat_model(model: keras.Model, card: dict) -> tuple[keras.Model, keras.Model]:
+    """The fake-quantized model to train, and the batch-norm-folded float model it wraps."""
     folded = fold_batch_norm(model, input_shape=(*card["input_size"], 3),
                              num_classes=card["num_classes"],
                              depth_multiplier=card["depth_multiplier"],
                              min_depth=card["min_depth"], dropout_keep_prob=None)
-    qat = quantize_without_transforms(folded)
-    calibrate_ranges(qat, folded, x_val[:32])
-    distillation = Distillation(qat, float_model.logits_model(model))
-    distillation.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    print(f"Quantization-aware training (distillation from the float model) on "
-          f"{len(x_train)} images for {epochs} epoch(s)", flush=True)
-    distillation.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=2)
-    return qat
+    return quantize_without_transforms(folded), folded
 
 
 def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -> int:
