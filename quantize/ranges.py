@@ -4,7 +4,7 @@ Calibration records each tensor's min and max; one rare large value then stretch
 range, and every other value of that tensor is rounded to coarser steps. The methods:
 
 - `minmax`: the calibration's own range (what the converter does);
-- `percentile`: the 0.01 % tails cut off;
+- `percentile`: the 0.001 % tails cut off;
 - `mse`: the range that minimises the expected squared error of the tensor's values over
   the calibration images: rounding noise (step^2 / 12) inside it, the clipping error
   outside. It searches ranges shrunk from min-max towards zero.
@@ -20,7 +20,11 @@ from quantize.activation_stats import TensorStats
 
 METHODS = ("minmax", "percentile", "mse")
 LEVELS = 255            # steps of an 8-bit range
-PERCENTILE_TAIL = 1e-4  # the share of values the percentile method lets clip
+# The share of values the percentile method lets clip. Measured on the reference model
+# (flips against float on 3,925 validation images, after bias correction): a tail of 1e-3
+# flips 235, 1e-4 88; tails from 2e-6 to 3e-5 flip 61-71, and 1e-5 (61) has the KL
+# divergence of mse (70 flips): the same model within the noise of near-ties. Min-max: 130.
+PERCENTILE_TAIL = 1e-5
 SHRINK = np.linspace(0.05, 1.0, 96)  # the fractions of the min-max range mse tries
 
 

@@ -124,6 +124,10 @@ def _flip_lines(report: dict) -> list[str]:
             *rows, ""]
 
 
+def _kl(step: dict) -> str:
+    return f"{1000 * step['kl']:.2f}" if "kl" in step else "-"
+
+
 def _recipe_lines(report: dict) -> list[str]:
     """The accuracy-first steps, each with its held-out agreement and SQNR."""
     parts = []
@@ -134,9 +138,10 @@ def _recipe_lines(report: dict) -> list[str]:
         parts += [f"## {name}: what each accuracy-first step bought", "",
                   f"Mode `{recipe['mode']}`; measured on the held-out images against the "
                   "float model, each row adding its step to those above (quantize/recipe.py).",
-                  "", "| step | top-1 agreement | flips | SQNR dB |", "|---|---|---|---|"]
+                  "", "| step | top-1 agreement | flips | KL divergence (x1000) | SQNR dB |",
+                  "|---|---|---|---|---|"]
         parts += [f"| {s['step']} | {100 * s['top1_agreement']:.2f} % | {s['flips']} | "
-                  f"{s['sqnr_db']:.2f} |" for s in recipe["steps"]]
+                  f"{_kl(s)} | {s['sqnr_db']:.2f} |" for s in recipe["steps"]]
         for layer in recipe["float_layers"]:
             parts.append(f"- in float: `{layer['layer']}` ({layer['multiply_adds'] / 1e6:.1f} M "
                          f"multiply-adds, RMS error {layer['rmse_over_scale']:.2f} of a step)")
