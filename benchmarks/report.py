@@ -297,6 +297,15 @@ def accuracy_table(results: dict) -> list[str]:
     return lines + _table(head, rows) + [""]
 
 
+def _int8_kernels(results: dict) -> str:
+    """What an int8 multiply-add costs on this run's CPU class, in a few words."""
+    cpu_class = results["machine"].get("cpu_class", "")
+    if "with int8 dot product" in cpu_class:
+        return "here with the int8 dot-product instructions, " + \
+            cpu_class.split("(", 1)[-1].rstrip(")")
+    return "here without int8 dot-product instructions: products widened to 16 bits"
+
+
 def explanation(results: dict) -> list[str]:
     """Why int8 is as fast as it is here, from this run's own figures."""
     c = results["candidates"]
@@ -319,10 +328,10 @@ def explanation(results: dict) -> list[str]:
              f"{p50[ALL_INTEGER] / p50['int8']:.2f}x faster, "
              f"{p50['float32'] / p50['int8']:.2f}x faster than float32.", "",
              f"The dynamic-range model takes {p50['dynamic']:.1f} ms. XNNPACK runs its "
-             "convolutions with the same int8 dot-product (VNNI) kernels as full int8, "
+             f"convolutions with the same int8 kernels as full int8 ({_int8_kernels(results)}), "
              "quantizing each convolution's input on the fly and producing float, and runs "
-             "every other op in float, all in one piece: no splits. That is why it beat "
-             "the all-integer graph on this x86 CPU with VNNI. "]
+             "every other op in float, all in one piece: no splits. That is how it can beat "
+             "the all-integer graph when that graph is cut into pieces. "]
     if p50["int8"] < p50["dynamic"]:
         lines[-1] += (f"Without the splits full int8 is {p50['dynamic'] / p50['int8']:.2f}x "
                       "faster than dynamic range: no per-convolution quantization pass, and "
