@@ -32,7 +32,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	--int8-mode $(INT8_MODE) --fallback-target $(FALLBACK_TARGET) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
-.PHONY: setup setup-peers setup-tflite-runtime test test-fast build train reference quantize qat eval test-arm bundle bench clean
+.PHONY: setup setup-peers setup-tflite-runtime test test-fast build train reference quantize qat eval test-arm bundle bench bench-arm clean
 
 setup: $(VENV)/.installed
 
@@ -162,6 +162,19 @@ test-arm: setup
 	  $(PY) tests/arm/parity.py compare --top1 $(ARM_OUT)/x86.npz \
 	    $(ARM_OUT)/bullseye-$$site.npz || exit 1; \
 	done
+
+# ARM cost without a board: instructions per inference of every variant of OUT (and
+# ONNX=<folder of .onnx peers>, e.g. $(OUT)/bench/peers after make bench) under qemu, as
+# a Cortex-A72 (Pi 4) and a Cortex-A76 (Pi 5). Root; installs Debian's qemu-user and gcc.
+ONNX ?=
+bench-arm: setup
+	command -v qemu-aarch64 >/dev/null && command -v gcc >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		 --no-install-recommends qemu-user gcc >/dev/null)
+	bash tests/arm/setup_root.sh
+	$(if $(ONNX),bash tests/arm/setup_root.sh benchmarks/arm/requirements-ort.txt site-ort)
+	$(PY) -m benchmarks.arm_cost --run $(OUT) $(if $(ONNX),--onnx $(ONNX)) \
+		$(if $(NAME),--name $(NAME)) --out $(BENCH_OUT)
 
 clean:
 	rm -rf artifacts

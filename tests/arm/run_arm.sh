@@ -7,18 +7,22 @@
 # XNNPACK does not start at all). A private mount namespace shows it a 2-core Cortex-A72
 # instead: the sysfs CPU list and tests/arm/cpuinfo-cortex-a72.
 # SUITE=bullseye runs Debian Bullseye's Python 3.9; SITE names the wheels (setup_root.sh).
+# QEMU_CPU=cortex-a76 shows a Cortex-A76 (the Pi 5's, with int8 dot product) instead;
+# QEMU=qemu-aarch64 QEMU_PLUGIN=<plugin.so,args> runs Debian's dynamic qemu-user, which
+# loads TCG plugins (the static build cannot): benchmarks/arm_cost.py counts instructions.
 set -euo pipefail
 case "${SUITE:-bookworm}" in
   bookworm) ROOT=$(realpath "${ARM_DIR:-.arm}/root"); PYTHON=python3.11 ;;
   bullseye) ROOT=$(realpath "${ARM_DIR:-.arm}/root-bullseye"); PYTHON=python3.9 ;;
 esac
 SITE=${SITE:-site}
-CPUINFO=$(realpath "$(dirname "$0")/cpuinfo-cortex-a72")
+QEMU_CPU=${QEMU_CPU:-cortex-a72}
+CPUINFO=$(realpath "$(dirname "$0")/cpuinfo-$QEMU_CPU")
 exec unshare -m sh -c '
   mount -t tmpfs none /sys/devices/system/cpu
   for f in possible present online; do echo 0-1 > /sys/devices/system/cpu/$f; done
   mount --bind "$0" /proc/cpuinfo
   shift
   exec "$@"' "$CPUINFO" sh \
-  env PYTHONPATH="/opt/$SITE:$PWD" qemu-aarch64-static -cpu cortex-a72 -L "$ROOT" \
-  "$ROOT/usr/bin/$PYTHON" "$@"
+  env PYTHONPATH="/opt/$SITE:$PWD" "${QEMU:-qemu-aarch64-static}" -cpu "$QEMU_CPU" \
+  ${QEMU_PLUGIN:+-plugin "$QEMU_PLUGIN"} -L "$ROOT" "$ROOT/usr/bin/$PYTHON" "$@"
