@@ -29,13 +29,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import machine
+from benchmarks.publish import publish, stamp
 from runtime import cli
 from runtime.errors import InputError
-from runtime.fileio import read_json, write_json
+from runtime.fileio import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SOURCE = ROOT / "benchmarks" / "arm" / "count_insns.c"
@@ -147,16 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--cpus: no tests/arm/cpuinfo-<cpu> for {', '.join(unknown)}")
     report = {"name": args.name, "host": machine.describe(), "run": args.run,
               "litert": machine.versions().get("ai-edge-litert"),
-              "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": "python -m benchmarks.arm_cost " +
-                         " ".join(sys.argv[1:] if argv is None else argv),
+              **stamp("benchmarks.arm_cost", argv),
               **measure(Path(args.run), Path(args.onnx) if args.onnx else None, cpus)}
-    text = markdown(report)
-    print(text)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"{args.name}-arm.md").write_text(text)
-        write_json(Path(args.out) / f"{args.name}-arm.json", report)
+    publish(report, markdown(report), args.out, f"{args.name}-arm")
     return 0
 
 

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import machine
+from benchmarks.publish import publish, stamp
 from runtime import cli
 from runtime.errors import InputError
-from runtime.fileio import read_json, write_json
+from runtime.fileio import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,15 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as error:
         p.error(f"--workers: {error}")
     report = {"name": args.name, "machine": machine.describe(), "run": args.run,
-              "data": args.data, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": "python -m benchmarks.beam_scaling " + " ".join(sys.argv[1:] if argv is None else argv),
+              "data": args.data, **stamp("benchmarks.beam_scaling", argv),
               **measure(Path(args.run), Path(args.data), args.limit, workers)}
-    text = markdown(report)
-    print(text)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"{args.name}-beam.md").write_text(text)
-        write_json(Path(args.out) / f"{args.name}-beam.json", report)
+    publish(report, markdown(report), args.out, f"{args.name}-beam")
     return 0
 
 

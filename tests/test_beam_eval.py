@@ -72,7 +72,8 @@ def test_beam_gives_the_in_process_result_exactly(run_with_flips, labelled, tmp_
     in_process = json.loads((tmp_path / "in_process.json").read_text())
     assert in_process["skipped"] == 1 and in_process["images"] == len(PHOTOS)
     assert len(in_process["variants"]["float32"]["flipped"]) >= 3
-    done = _eval("--run", str(run), "--data", str(labelled), "--beam", "--workers", "2", "--json", str(tmp_path / "beam.json"))
+    done = _eval("--run", str(run), "--data", str(labelled), "--beam", "--workers", "2",
+                 "--json", str(tmp_path / "beam.json"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     beam = json.loads((tmp_path / "beam.json").read_text())
@@ -96,7 +97,8 @@ def test_a_worker_that_raises_fails_the_job_in_one_sentence(tiny_run, labelled, 
     card.pop("files", None)
     card_path.write_text(json.dumps(card))
     (broken / "float" / "inception_v3.keras").write_bytes(b"not a zip")
-    done = _eval("--run", str(broken), "--data", str(labelled), "--beam", "--json", str(tmp_path / "result.json"))
+    done = _eval("--run", str(broken), "--data", str(labelled), "--beam",
+                 "--json", str(tmp_path / "result.json"))
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the Beam pipeline failed" in errors[0], done.stderr[-2000:]
