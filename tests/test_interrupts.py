@@ -22,8 +22,11 @@ QUANTIZE = [sys.executable, "-m", "quantize", "--variants", "int8",
 
 
 def start(args: list[str]) -> subprocess.Popen:
+    """The command, with Ctrl-C's default restored in it: a suite started in the background
+    (`make test &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_staging(parent: Path, process: subprocess.Popen, limit: float = 600) -> None:
