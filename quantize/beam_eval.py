@@ -100,7 +100,8 @@ class DriftCombineFn(beam.CombineFn):
         return [scored for accumulator in accumulators for scored in accumulator]
 
     def extract_output(self, accumulator: list) -> dict:
-        return evaluate.summarize(self.models, self.data, accumulator)
+        return evaluate.summarize(self.models, self.data,
+                                  sorted(accumulator, key=lambda scored: scored[0]))
 
 
 def _read(chunk: list[tuple[int, str, int]], size: tuple[int, int]):

@@ -126,14 +126,15 @@ def _score_in_process(models: RunModels, todo: list[tuple[int, str, int]],
 
 
 def summarize(models: RunModels, data: Path, scored: Iterable[Scored]) -> dict:
-    """The evaluation's result from every image's outcome, folded in image order."""
+    """The evaluation's result from every image's outcome, folded as they come: give them
+    in image order (the in-process stream is; Beam's combine sorts them first)."""
     names = _class_names(models.card, models.card["num_classes"])
     name_of = (lambda i: names[i]) if names else str
     accumulators = {name: drift.DriftAccumulator(with_labels=True, saturation=ceiling)
                     for name, ceiling in models.saturation.items()}
     flipped: dict[str, list[dict]] = {name: [] for name in accumulators}
     skipped = 0
-    for _, path, label, rows in sorted(scored, key=lambda s: s[0]):
+    for _, path, label, rows in scored:
         if isinstance(rows, str):
             skipped += 1
             continue
