@@ -122,7 +122,7 @@ def eval_images(card: dict, size: tuple[int, int], eval_dir: str, samples: int
 
 def measure_drift(specs: list[Spec], model, pixels: np.ndarray, labels, threads: int
                   ) -> dict[str, dict]:
-    reference = drift.keras_logits(model, pixels)
+    reference = float_model.keras_logits(model, pixels)
     found = {}
     for spec in specs:
         print(f"[drift] {spec.name}", flush=True)

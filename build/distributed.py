@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -122,7 +123,6 @@ def launch_local(module: str, argv: Sequence[str], workers: int) -> int:
 def _wait_all(processes, logs: Path) -> int:
     """Wait for every worker; when one fails, stop the others (a collective would wait
     for it forever) and show its log."""
-    import time
     while True:
         codes = [process.poll() for process, _ in processes]
         failed = [(i, code) for i, code in enumerate(codes) if code not in (None, 0)]

@@ -209,6 +209,17 @@ def _load_keras_file(path: Path) -> keras.Model:
     return model
 
 
+def keras_logits(model: keras.Model, pixels: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The float model's logits on pixels, with the device's preprocessing (the float
+    reference of every drift figure, and training's validation)."""
+    outputs = []
+    for start in range(0, len(pixels), batch_size):
+        batch = preprocessing.normalize(pixels[start:start + batch_size])
+        out = model(batch, training=False)
+        outputs.append(np.asarray(out[0] if isinstance(out, list) else out))
+    return np.concatenate(outputs).astype(np.float32)
+
+
 def logits_model(model: keras.Model) -> keras.Model:
     """The deployment graph: the logits output only (no aux head; dropout is inert)."""
     if isinstance(model.output, list):

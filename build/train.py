@@ -190,16 +190,6 @@ def _resumable(config: TrainConfig, model, optimizer) -> tuple[int, list]:
     return initial_epoch, [_Checkpointer(manager, state_path, fingerprint)]
 
 
-def _top1(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray) -> float:
-    """Validation top-1 with the device's preprocessing (a plain loop: the same on one
-    worker or several)."""
-    logits = []
-    for start in range(0, len(x_val), 64):
-        out = model(normalize(x_val[start:start + 64]), training=False)
-        logits.append(np.asarray(out[0] if isinstance(out, list) else out))
-    return float(np.mean(np.argmax(np.concatenate(logits), 1) == y_val))
-
-
 def train(config: TrainConfig) -> dict:
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
@@ -221,7 +211,7 @@ def train(config: TrainConfig) -> dict:
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                   initial_epoch=initial_epoch, verbose=2 if distributed.is_chief() else 0,
                   callbacks=callbacks)
-    top1 = _top1(model, x_val, y_val)
+    top1 = float(np.mean(np.argmax(float_model.keras_logits(model, x_val, 64), 1) == y_val))
     seconds = time.perf_counter() - start
     build_config = float_model.BuildConfig(
         input_size=config.input_size, num_classes=len(classes),

@@ -19,8 +19,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from quantize import evaluate
+from build import float_model
+from build.keras_env import limit_threads
+from quantize import drift, evaluate
 from quantize.evaluate import RunModels, Scored
+from runtime.classify import Classifier
 
 _log = logging.getLogger()
 _level = _log.level
@@ -50,15 +53,12 @@ class KerasLogits(ModelHandler[np.ndarray, PredictionResult, Any]):
         self.float_dir, self.threads = float_dir, threads
 
     def load_model(self):
-        from build import float_model
-        from build.keras_env import limit_threads
         limit_threads(self.threads)
         return float_model.load(self.float_dir)[0]
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None
                       ) -> Iterable[PredictionResult]:
-        from quantize import drift
-        logits = drift.keras_logits(model, np.stack(batch))
+        logits = float_model.keras_logits(model, np.stack(batch))
         return [PredictionResult(x, y) for x, y in zip(batch, logits)]
 
 
@@ -71,12 +71,10 @@ class LiteRTLogits(ModelHandler[np.ndarray, PredictionResult, Any]):
         self.path, self.threads = path, threads
 
     def load_model(self):
-        from runtime.classify import Classifier
         return Classifier(self.path, num_threads=self.threads)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None
                       ) -> Iterable[PredictionResult]:
-        from quantize import drift
         logits = drift.tflite_logits(model, np.stack(batch))
         return [PredictionResult(x, y) for x, y in zip(batch, logits)]
 

@@ -12,19 +12,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from build.keras_env import keras
-from runtime import preprocessing
 from runtime.classify import Classifier
-
-
-def keras_logits(model: keras.Model, pixels: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """The float reference, on the same preprocessing as the device."""
-    outputs = []
-    for start in range(0, len(pixels), batch_size):
-        batch = preprocessing.normalize(pixels[start:start + batch_size])
-        out = model(batch, training=False)
-        outputs.append(np.asarray(out[0] if isinstance(out, list) else out))
-    return np.concatenate(outputs).astype(np.float32)
 
 
 def tflite_logits(classifier: Classifier, pixels: np.ndarray, desc: str = "") -> np.ndarray:

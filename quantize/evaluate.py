@@ -117,7 +117,7 @@ def _score_in_process(models: RunModels, todo: list[tuple[int, str, int]],
             yield from skipped
             if good:
                 pixels = np.stack([g[3] for g in good])
-                reference = drift.keras_logits(model, pixels)
+                reference = float_model.keras_logits(model, pixels)
                 rows = score(models, reference, {name: drift.tflite_logits(c, pixels)
                                                  for name, c in classifiers.items()},
                              [g[2] for g in good])
@@ -175,7 +175,7 @@ def evaluate_model(model_path: Path, data: Path) -> dict:
     if model_path.is_dir():
         model, card = float_model.load(model_path)
         size, num_classes = tuple(card["input_size"]), card["num_classes"]
-        run = lambda pixels: drift.keras_logits(model, pixels)  # noqa: E731
+        run = lambda pixels: float_model.keras_logits(model, pixels)  # noqa: E731
     else:
         classifier = Classifier(model_path)
         card = float_card_of(model_path)

@@ -121,8 +121,8 @@ def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
         evaluation = images.load_labelled(config.eval_dir, size, card.get("labels"),
                                           card["num_classes"], config.eval_samples)
     return RunData(everything, calibration, held_out, evaluation,
-                   drift.keras_logits(model, held_out.pixels),
-                   drift.keras_logits(model, evaluation.pixels) if evaluation else None)
+                   float_model.keras_logits(model, held_out.pixels),
+                   float_model.keras_logits(model, evaluation.pixels) if evaluation else None)
 
 
 def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage: Path,

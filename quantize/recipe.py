@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from build import float_model
 from quantize import activation_stats, bias_correction, calibrated, drift, ranges
 from quantize.variants import Variant, graph_for, graph_inputs, representative_dataset
 from runtime.classify import Classifier
@@ -107,7 +108,7 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     method, ranged, cpu = _choose_ranges(
         calibrated_graph, stats, recipe, quantize, correct,
         np.concatenate([calibration, held_out]),
-        np.concatenate([drift.keras_logits(model, calibration), reference]), num_threads)
+        np.concatenate([float_model.keras_logits(model, calibration), reference]), num_threads)
     measure(f"ranges ({method})", cpu)
     if recipe.bias_correction:
         cpu = correct(cpu, ranged)

@@ -32,7 +32,7 @@ def setting(tiny_float_dir):
 @pytest.fixture(scope="module")
 def built(setting):
     model, calibration, held_out, *_ = setting
-    reference = drift.keras_logits(model, held_out.pixels)
+    reference = float_model.keras_logits(model, held_out.pixels)
     return recipe.build(model, INT8, calibration.pixels, held_out.pixels, reference,
                         recipe.Recipe(mode="fallback", fallback_target=1.01,
                                       fallback_max_layers=2))
