@@ -73,6 +73,9 @@ class RunData:
     evaluation: images.ImageSet | None
     reference: np.ndarray                 # float logits on the held-out images
     eval_reference: np.ndarray | None     # float logits on the evaluation images
+    # float logits on the calibration images: made once, when an accuracy-first variant
+    # (int8, and again uint8 and coral) first needs them
+    calibration_reference: np.ndarray | None = None
 
 
 def run(config: QuantizeConfig, qat_model=None) -> dict:
@@ -138,9 +141,12 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
     if variant.accuracy_first:
         if variant.integer_io not in recipes:
             with measured() as cost:
+                if data.calibration_reference is None:
+                    data.calibration_reference = float_model.keras_logits(
+                        model, data.calibration.pixels)
                 built = recipe.build(model, variant, data.calibration.pixels,
                                      data.held_out.pixels, data.reference, config.recipe,
-                                     config.num_threads)
+                                     config.num_threads, data.calibration_reference)
             recipes[variant.integer_io] = built, cost
         int8, cost = recipes[variant.integer_io]  # one quantization, two files
         cpu_file = config.float_pools and not variant.edgetpu

@@ -72,9 +72,11 @@ def held_out_drift(model: bytes, pixels: np.ndarray, reference: np.ndarray,
 
 
 def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray,
-          reference: np.ndarray, recipe: Recipe = Recipe(), num_threads: int | None = None
-          ) -> Int8Model:
-    """The accuracy-first int8 (or uint8) graphs of `model`, with what each step bought."""
+          reference: np.ndarray, recipe: Recipe = Recipe(), num_threads: int | None = None,
+          calibration_reference: np.ndarray | None = None) -> Int8Model:
+    """The accuracy-first int8 (or uint8) graphs of `model`, with what each step bought.
+    `reference`, `calibration_reference`: the float logits on the held-out and the
+    calibration images (the latter computed here when not given)."""
     if recipe.mode not in MODES:
         raise ValueError(f"Unknown int8 mode {recipe.mode!r}; choose from {', '.join(MODES)}.")
     io_type = np.dtype(variant.integer_io).type
@@ -108,7 +110,9 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     method, ranged, cpu = _choose_ranges(
         calibrated_graph, stats, recipe, quantize, correct,
         np.concatenate([calibration, held_out]),
-        np.concatenate([float_model.keras_logits(model, calibration), reference]), num_threads)
+        np.concatenate([float_model.keras_logits(model, calibration)
+                        if calibration_reference is None else calibration_reference,
+                        reference]), num_threads)
     measure(f"ranges ({method})", cpu)
     if recipe.bias_correction:
         cpu = correct(cpu, ranged)
