@@ -170,14 +170,14 @@ def checked(result: dict) -> dict:
     return result
 
 
-def evaluate_model(model_path: Path, data: Path) -> dict:
+def evaluate_model(model_path: Path, data: Path, threads: int | None = None) -> dict:
     """Top-1 and top-5 accuracy of one float model folder or `.tflite` file."""
     if model_path.is_dir():
         model, card = float_model.load(model_path)
         size, num_classes = tuple(card["input_size"]), card["num_classes"]
         run = lambda pixels: float_model.keras_logits(model, pixels)  # noqa: E731
     else:
-        classifier = Classifier(model_path)
+        classifier = Classifier(model_path, num_threads=threads)
         card = float_card_of(model_path)
         size, num_classes = classifier.size, classifier.num_classes
         run = lambda pixels: drift.tflite_logits(classifier, pixels)  # noqa: E731
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.threads:
             limit_threads(args.threads)
-        result = evaluate_model(Path(args.model), Path(args.data))
+        result = evaluate_model(Path(args.model), Path(args.data), args.threads)
         print(f"{result['model']}: top-1 {100 * result['top1']:.2f}%, top-5 "
               f"{100 * result['top5']:.2f}% on {result['images']} images "
               f"({result['skipped']} skipped)")
