@@ -64,6 +64,12 @@ def our_candidates(run: Path, manifest: dict, work: Path, splits: bool
     """Every variant file of the run, the all-integer int8 graph, and one graph per split."""
     specs = [Spec(name, "tflite", str(run / entry["file"]), "ours", name)
              for name, entry in manifest["variants"].items()]
+    # The same int8 file under the interpreter's other CPU kernels (runtime.interpreter
+    # KERNELS): which wins can differ by CPU class, so every bench measures them.
+    specs += [Spec(f"int8 ({kernels} kernels)", "tflite",
+                   str(run / manifest["variants"]["int8"]["file"]), "ours", "int8",
+                   {"kernels": kernels})
+              for kernels in ("xnnpack-latest", "builtin") if "int8" in manifest["variants"]]
     if "int8-stock" in manifest["variants"]:  # the speed reference of the accuracy recipe
         path = work / "inception_v3_int8-stock_islands.tflite"
         path.write_bytes(pool_islands.float_pools(
@@ -195,7 +201,8 @@ def _bench(args, argv: list[str]) -> int:
     peer_specs, peer_notes = peers.prepare(float_dir, manifest["float_model"]["sha256"],
                                            normalized, calibration.digest(), work / "peers",
                                            wanted_peers)
-    peak_specs = peak.build_models(work / "peak")
+    peak_specs = peak.build_models(work / "peak") + peak.peer_models(
+        work / "peak", [p for p in wanted_peers if not peers.missing_packages(p)])
     main_specs = ours + [keras_spec] + peer_specs
 
     # The measurements: latency of everything interleaved, memory, drift.
@@ -253,7 +260,7 @@ def candidate_entry(spec: Spec, memories: dict, drifts: dict, latencies: dict,
 
 def peak_entries(peak_specs: list[Spec], latencies: dict, threads: list[int]) -> dict:
     """p50 and GMAC/s of the peak-throughput models, per thread count."""
-    return {str(t): {s.precision: {"p50_ms": latencies[t][s.name]["p50_ms"],
+    return {str(t): {peak.label(s): {"p50_ms": latencies[t][s.name]["p50_ms"],
                                    "gmacs": round(peak.gmacs(peak.MULTIPLY_ADDS,
                                                              latencies[t][s.name]["p50_ms"]),
                                                   1)}

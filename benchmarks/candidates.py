@@ -1,7 +1,7 @@
 """What `make bench` runs: one way to open each kind of model, the same calls for all.
 
-A candidate is a kind (tflite, keras, onnxruntime, openvino; tflite_tensor for models that
-take any tensor, not an image), a file and a thread count.
+A candidate is a kind (tflite, keras, onnxruntime, openvino; with `_tensor` for models that
+take any tensor, not an image: the peak models), a file and a thread count.
 `open_candidate` loads it and returns a `Loaded` with the same three calls for every kind,
 so timing, memory and drift code never asks which framework it holds. Each kind imports
 its own framework only when opened: the memory a process needs for a TFLite model is then
@@ -55,19 +55,24 @@ def _normalized(pixels: np.ndarray) -> np.ndarray:
 
 def _open_tflite(spec: Spec, threads: int) -> Loaded:
     from runtime.classify import Classifier
-    classifier = Classifier(spec.path, num_threads=threads)
+    classifier = Classifier(spec.path, num_threads=threads,
+                            kernels=spec.options.get("kernels", "default"))
     return Loaded(classifier.input_tensor, classifier.run, classifier.size,
                   classifier.output_ceiling)
+
+
+def _fixed_tensor(shape, dtype=np.float32) -> np.ndarray:
+    """The one input a `_tensor` candidate gets: uniform over its type's range."""
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    return np.random.default_rng(0).uniform(info.min if info else -1,
+                                            info.max if info else 1, shape).astype(dtype)
 
 
 def _open_tflite_tensor(spec: Spec, threads: int) -> Loaded:
     from runtime.interpreter import make_interpreter
     interpreter = make_interpreter(spec.path, num_threads=threads)
     given, wanted = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    info = np.iinfo(given["dtype"]) if given["dtype"] != np.float32 else None
-    tensor = np.random.default_rng(0).uniform(
-        info.min if info else -1, info.max if info else 1, given["shape"]
-    ).astype(given["dtype"])
+    tensor = _fixed_tensor(given["shape"], given["dtype"])
 
     def invoke(x: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(given["index"], x)
@@ -100,10 +105,10 @@ def _open_onnxruntime(spec: Spec, threads: int) -> Loaded:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(spec.path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    height, width = session.get_inputs()[0].shape[1:3]
-    return Loaded(lambda pixels: {name: _normalized(pixels)},
-                  lambda feed: session.run(None, feed)[0].reshape(-1), (height, width))
+    name, shape = session.get_inputs()[0].name, session.get_inputs()[0].shape
+    fixed = {name: _fixed_tensor(shape)} if spec.kind.endswith("_tensor") else None
+    return Loaded(lambda pixels: fixed or {name: _normalized(pixels)},
+                  lambda feed: session.run(None, feed)[0].reshape(-1), tuple(shape[1:3]))
 
 
 def _open_openvino(spec: Spec, threads: int) -> Loaded:
@@ -111,16 +116,18 @@ def _open_openvino(spec: Spec, threads: int) -> Loaded:
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
               "NUM_STREAMS": 1, **spec.options}
     compiled = ov.Core().compile_model(spec.path, "CPU", config)
-    height, width = compiled.input(0).get_shape()[1:3]
+    shape = list(compiled.input(0).get_shape())
     request = compiled.create_infer_request()
-    return Loaded(_normalized,
+    fixed = _fixed_tensor(shape) if spec.kind.endswith("_tensor") else None
+    return Loaded((lambda pixels: fixed) if fixed is not None else _normalized,
                   lambda x: request.infer([x])[compiled.output(0)].reshape(-1),
-                  (int(height), int(width)))
+                  (int(shape[1]), int(shape[2])))
 
 
 _OPENERS = {"tflite": _open_tflite, "tflite_tensor": _open_tflite_tensor,
             "keras": _open_keras, "onnxruntime": _open_onnxruntime,
-            "openvino": _open_openvino}
+            "onnxruntime_tensor": _open_onnxruntime, "openvino": _open_openvino,
+            "openvino_tensor": _open_openvino}
 
 
 def open_candidate(spec: Spec, threads: int) -> Loaded:

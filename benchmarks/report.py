@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from benchmarks.peak import gmacs
@@ -9,7 +10,12 @@ from benchmarks.peak import gmacs
 MB = 1e6
 INT8_PEAK = {"int8", "uint8", "int8-stock", "qat", "dynamic"}   # int8 GEMMs (dynamic: qd8 x int8)
 FLOAT_PEAK = {"float32", "float16"}                 # float16 weights run as float32
-TARGET_SPEEDUP = 3.5                                # issue 6: int8 vs float32, one thread
+# Issue 12's speed targets per CPU class, int8 against float32 TFLite at one thread and the
+# factor OpenVINO's int8 may be ahead by. With an int8 dot product (VNNI, AMX) int8 keeps its
+# lead (no regression from the committed 5.5x); without one its products widen to 16 bits
+# in every runtime's kernels, so 2x float32 is the aim and OpenVINO may lead by 1.3x.
+CLASS_TARGETS = {True: {"speedup": 5.0, "openvino_slack": 1.0},
+                 False: {"speedup": 2.0, "openvino_slack": 1.3}}
 ALL_INTEGER = "int8 (integer pools)"  # our int8 with its pools left to LiteRT's kernel
 PREVIOUS_INT8 = "int8-stock (pool islands)"  # the int8 before the accuracy-first recipe
 MIN_AGREEMENT = 0.995                # issue 10: ours, on the EVAL set...
@@ -21,12 +27,19 @@ COLOURS = {"ours": "tab:blue", "keras": "tab:gray", "onnxruntime": "tab:orange",
 
 
 def quantize_command(manifest: dict, run: Path) -> str:
+    """The `make quantize` that made `run`, from its manifest (whose folders are relative
+    to the run): the build options where the run built its float model, else MODEL=."""
+    def here(folder: str) -> str:  # as typed from where the bench was started
+        return os.path.normpath(run / folder)
     fm = manifest["float_model"]
+    calibration = f"CALIB={here(manifest['calibration']['folder'])} OUT={run}"
+    if fm["folder"] != "float":
+        return f"make quantize MODEL={here(fm['folder'])} {calibration}"
     h, w = fm["input_size"]
     size = h if h == w else f"{h}x{w}"
     return (f"make quantize WEIGHTS={fm['weights']['source']} INPUT_SIZE={size} "
             f"DEPTH_MULTIPLIER={fm['depth_multiplier']} NUM_CLASSES={fm['num_classes']} "
-            f"CALIB={manifest['calibration']['folder']} OUT={run}")
+            f"{calibration}")
 
 
 def _peak_for(precision: str) -> str | None:
@@ -59,18 +72,23 @@ def derive(results: dict) -> None:
     results["verdicts"] = verdicts(results)
 
 
+def has_int8_dot(results: dict) -> bool:
+    return "with int8 dot product" in results["machine"].get("cpu_class", "")
+
+
 def verdicts(results: dict) -> list[dict]:
-    """The issue's targets, each with the measured figure and whether it was met."""
+    """The issues' targets, each with the measured figure and whether it was met."""
     candidates = results["candidates"]
     if "int8" not in candidates:
         return []
     found = []
+    targets = CLASS_TARGETS[has_int8_dot(results)]
     one = "1" if "1" in candidates["int8"]["latency"] else None
     if one:
         speedup = candidates["int8"]["latency"][one]["speedup_vs_float32"]
-        found.append({"target": f"int8 at least {TARGET_SPEEDUP}x faster than float32 "
-                                "TFLite at 1 thread",
-                      "measured": f"{speedup:.2f}x", "met": speedup >= TARGET_SPEEDUP})
+        found.append({"target": f"int8 at least {targets['speedup']}x faster than float32 "
+                                f"TFLite at 1 thread (this CPU class's target)",
+                      "measured": f"{speedup:.2f}x", "met": speedup >= targets["speedup"]})
     found += accuracy_verdicts(candidates)
     previous = candidates.get(PREVIOUS_INT8)
     if one and previous:
@@ -82,14 +100,23 @@ def verdicts(results: dict) -> list[dict]:
                       "measured": f"{ratio:.3f}x", "met": ratio <= MAX_SLOWDOWN})
     for name, entry in candidates.items():
         if entry["family"] in ("onnxruntime", "openvino") and entry["precision"] == "int8":
+            slack = targets["openvino_slack"] if entry["family"] == "openvino" else 1.0
             for t, figures in entry["latency"].items():
-                ours = candidates["int8"]["latency"][t]["p50_ms"]
-                ratio = figures["p50_ms"] / ours
-                found.append({"target": f"int8 faster than {name} at {t} thread(s)",
-                              "measured": f"{name} {figures['p50_ms']:.1f} ms vs ours "
-                                          f"{ours:.1f} ms ({ratio:.2f}x)",
-                              "met": ratio > 1})
+                found.append(_peer_verdict(name, figures["p50_ms"],
+                                           candidates["int8"]["latency"][t]["p50_ms"], t,
+                                           slack))
     return found
+
+
+def _peer_verdict(name: str, peer_ms: float, ours_ms: float, threads: str,
+                  slack: float) -> dict:
+    """Ours faster than the peer's int8, or (slack > 1) at most `slack` times slower."""
+    ratio = peer_ms / ours_ms
+    target = f"int8 faster than {name}" if slack == 1 else \
+        f"int8 within {slack}x of {name}"
+    return {"target": f"{target} at {threads} thread(s)",
+            "measured": f"{name} {peer_ms:.1f} ms vs ours {ours_ms:.1f} ms ({ratio:.2f}x)",
+            "met": ratio > 1 if slack == 1 else ratio * slack >= 1}
 
 
 def accuracy_verdicts(candidates: dict) -> list[dict]:
@@ -194,9 +221,13 @@ def _target_lines(results: dict) -> list[str]:
 
 def _latency_lines(results: dict, t: str) -> list[str]:
     peak = results["peak"][t]
+    peers = [f"{name} {figures['gmacs']}" for name, figures in peak.items()
+             if name not in ("float32", "int8")]
     parts = [f"## Latency, {t} thread(s)", "",
              f"Peak of this runtime here (1x1-convolution model, same loop): float32 "
-             f"{peak['float32']['gmacs']} GMAC/s, int8 {peak['int8']['gmacs']} GMAC/s.", ""]
+             f"{peak['float32']['gmacs']} GMAC/s, int8 {peak['int8']['gmacs']} GMAC/s" +
+             (f"; the peers' int8 on the same model: {', '.join(peers)} GMAC/s." if peers
+              else "."), ""]
     rows = []
     for name, e in sorted(results["candidates"].items(),
                           key=lambda kv: kv[1]["latency"][t]["p50_ms"]):
@@ -341,8 +372,42 @@ def explanation(results: dict) -> list[str]:
         lines[-1] += (f"Even without the splits dynamic range stays "
                       f"{p50['int8'] / p50['dynamic']:.2f}x faster here.")
     lines.append("")
+    lines += _dynamic_here(results)
     lines += _faster_peers(results)
     return lines
+
+
+def _dynamic_here(results: dict) -> list[str]:
+    """Without an int8 dot product the int8 GEMMs widen to 16 bits whether activations
+    are quantized ahead of time or per image, so `dynamic` can match `int8` on speed while
+    keeping more of float's answers: say so when this run measured it."""
+    c = results["candidates"]
+    if has_int8_dot(results):
+        return []
+    times = {t: (c["dynamic"]["latency"][t]["p50_ms"], c["int8"]["latency"][t]["p50_ms"])
+             for t in c["int8"]["latency"]}
+    if any(dynamic > 1.05 * int8 for dynamic, int8 in times.values()):
+        return []
+    figures = ", ".join(f"{d:.1f} against {i:.1f} ms at {t} thread(s)"
+                        for t, (d, i) in times.items())
+    return [f"On this CPU class `dynamic` is as fast as `int8` ({figures}): its "
+            "activations are quantized per image, which on the reference model keeps more "
+            "of the float model's answers than static int8 ranges (benchmarks/imagenette.md), "
+            "at no cost here. Where int8 has a dot product (VNNI, ARM `sdot`) `int8` is "
+            "the faster file.", ""]
+
+
+def _kernel_gap(peak: dict, peer: str) -> str:
+    """The same comparison on the 1x1-convolution model, kernels without a graph, at one
+    thread (that model is too small for the runtimes' threading to compare)."""
+    if peer not in peak or "int8" not in peak:
+        return ""
+    theirs, ours = peak[peer]["gmacs"], peak["int8"]["gmacs"]
+    return (f" On the 1x1-convolution model at one thread (kernels alone) its int8 reaches "
+            f"{theirs} "
+            f"GMAC/s and XNNPACK's {ours} ({theirs / ours:.2f}x), so "
+            + ("most of the gap is the kernels'." if theirs / ours >= 1.1 else
+               "the kernels are level: the gap is in the rest of the graph."))
 
 
 def _faster_peers(results: dict) -> list[str]:
@@ -361,6 +426,7 @@ def _faster_peers(results: dict) -> list[str]:
             text = (f"`{name}` beats our int8 at {t} thread(s): {figures['p50_ms']:.1f} "
                     f"against {ours['p50_ms']:.1f} ms ({ratio:.2f}x), "
                     f"{figures['gmacs']:.0f} against {ours['gmacs']:.0f} GMAC/s.")
+            text += _kernel_gap(results["peak"].get("1", {}), f"{entry['family']} int8")
             used = ", ".join(k for k in kernels.get(name, {}))
             if used:
                 text += f" Its convolutions ran on oneDNN's {used}"

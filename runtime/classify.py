@@ -79,14 +79,14 @@ class Classifier:
 
     def __init__(self, model_path: str | os.PathLike, labels: str | os.PathLike | None = None,
                  num_threads: int | None = None, edgetpu: bool | None = None,
-                 device: str | None = None, reference_kernels: bool = False):
+                 device: str | None = None, kernels: str = "default"):
         self.model_path = check_model_file(model_path)
         self.verified = manifest.verify(self.model_path)
         # The interpreter's own default is one thread: use every core unless told otherwise.
         self.num_threads = num_threads or os.cpu_count() or 1
         self.interpreter = make_interpreter(model_path, num_threads=self.num_threads,
                                             edgetpu=edgetpu, device=device,
-                                            reference_kernels=reference_kernels)
+                                            kernels=kernels)
         self._input, self._output = self._classifier_tensors()
         self.input_dtype = np.dtype(self._input["dtype"])
         self.output_dtype = np.dtype(self._output["dtype"])

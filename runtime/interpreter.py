@@ -102,13 +102,31 @@ def xnnpack_partitions(interpreter) -> int:
     return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
 
 
+# Which CPU kernels the interpreter runs, as its options allow: `default` is XNNPACK for
+# what it takes and LiteRT's built-in kernels for the rest; `xnnpack-latest` adds
+# XNNPACK's newest operators; `builtin` leaves XNNPACK out (LiteRT's own optimized kernels,
+# ruy for matrix products); `reference` is the slow reference code, bit-exact across CPUs.
+KERNELS = ("default", "xnnpack-latest", "builtin", "reference")
+
+
+def _kernel_options(module, kernels: str) -> dict:
+    if kernels not in KERNELS:
+        raise ValueError(f"Unknown kernels {kernels!r}; one of {', '.join(KERNELS)}.")
+    resolver = {"builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
+    if kernels in resolver:
+        return {"experimental_op_resolver_type":
+                getattr(module.OpResolverType, resolver[kernels])}
+    return {"experimental_default_delegate_latest_features": True} \
+        if kernels == "xnnpack-latest" else {}
+
+
 def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None,
                      edgetpu: bool | None = None, device: str | None = None,
-                     reference_kernels: bool = False):
+                     kernels: str = "default"):
     """An allocated interpreter for `model_path`.
 
     `edgetpu=None` loads the delegate only for a model compiled for the Edge TPU.
-    `reference_kernels` selects the slow reference kernels (bit-exact across CPUs).
+    `kernels`: one of KERNELS.
     """
     path = check_model_file(model_path)
     module = interpreter_module()
@@ -116,9 +134,8 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
     use_tpu = compiled if edgetpu is None else edgetpu
     delegates = [load_edgetpu_delegate(device)] if use_tpu else []
     kwargs = {"model_path": str(path), "num_threads": num_threads,
-              "experimental_delegates": delegates or None}
-    if reference_kernels:
-        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
+              "experimental_delegates": delegates or None,
+              **_kernel_options(module, kernels)}
     try:
         interpreter = module.Interpreter(**kwargs)
         interpreter.allocate_tensors()

@@ -23,8 +23,7 @@ def outputs(model: str, images: list[str]) -> dict:
     found = {}
     for kernels in ("default", "reference"):
         try:
-            classifier = Classifier(model, num_threads=1,
-                                    reference_kernels=kernels == "reference")
+            classifier = Classifier(model, num_threads=1, kernels=kernels)
         except RuntimeLoadError as error:
             return {"error": str(error)}
         found[kernels] = [classifier.outputs(preprocessing.load_image(image)).tolist()

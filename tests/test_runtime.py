@@ -119,6 +119,23 @@ def test_any_classifier_of_this_shape_every_io_type(small_models, name):
     assert abs(sum(c.score for c in probabilities) - 1) < 0.02
 
 
+def test_every_kernel_choice_runs_the_same_model(small_models):
+    """The interpreter's kernel options (the bench prices them per CPU class) give the
+    same answers; a name it does not know is refused."""
+    from runtime.interpreter import KERNELS, xnnpack_partitions
+    outputs = {}
+    for kernels in KERNELS:
+        classifier = Classifier(small_models["int8"], num_threads=1, kernels=kernels)
+        # Taken by XNNPACK in one piece, or not at all where it is left out.
+        assert xnnpack_partitions(classifier.interpreter) == \
+            (0 if kernels in ("builtin", "reference") else 1), kernels
+        outputs[kernels] = np.stack([classifier.outputs(photo) for photo in PHOTOS[:3]])
+    for kernels, found in outputs.items():
+        np.testing.assert_allclose(found, outputs["reference"], atol=0.25, err_msg=kernels)
+    with pytest.raises(ValueError, match="Unknown kernels 'fast'"):
+        Classifier(small_models["int8"], kernels="fast")
+
+
 def test_importing_and_running_the_runtime_never_imports_tensorflow(tiny_run):
     out, _ = tiny_run
     code = (

@@ -42,8 +42,7 @@ def test_every_variant_gives_the_same_answers_as_ai_edge_litert(tiny_run):
         entry = legacy[model.name]
         assert "error" not in entry, f"{model.name}: {entry.get('error')}"
         for kernels in ("reference", "default"):
-            classifier = Classifier(model, num_threads=1,
-                                    reference_kernels=kernels == "reference")
+            classifier = Classifier(model, num_threads=1, kernels=kernels)
             ours = np.stack([classifier.outputs(image) for image in images])
             theirs = np.asarray(entry[kernels], dtype=np.float32)
             assert np.array_equal(np.argmax(ours, 1), np.argmax(theirs, 1)), \

@@ -29,7 +29,7 @@ def run(models: list[str], images: list[str], out: str) -> None:
     for model in models:
         for kernels in ("reference", "default"):
             try:
-                clf = Classifier(model, num_threads=1, reference_kernels=kernels == "reference")
+                clf = Classifier(model, num_threads=1, kernels=kernels)
             except RuntimeLoadError as error:  # an older interpreter: its one sentence
                 arrays[f"{Path(model).stem}:unloadable"] = np.array(str(error))
                 print(f"{platform.machine()}: {Path(model).name}: {error}", flush=True)
