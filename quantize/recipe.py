@@ -10,15 +10,18 @@ against the float model so the report says what each bought:
 2. `float logits`: the logits layer in float and a float output: no 8-bit cap on the
    largest logit, no two classes tied on one output step (under 0.1 % of the
    multiply-adds);
-3. `ranges`: each activation's range chosen by its quantization error
+3. `equalization` (opt-in): where a ReLU output is read only by convolutions, its
+   channels' scales move into the weights that read it, so one int8 range fits every
+   channel (quantize/equalization.py; the graph is calibrated again);
+4. `ranges`: each activation's range chosen by its quantization error
    (quantize/ranges.py); the method (min-max, percentile, MSE) whose output is closest to
    float on the held-out images (lowest KL divergence of the softmax) is kept;
-4. `bias correction` of every int8 convolution (quantize/bias_correction.py);
-5. with `mode="fallback"` only, since float layers cost latency: the layers the
+5. `bias correction` of every int8 convolution (quantize/bias_correction.py);
+6. with `mode="fallback"` only, since float layers cost latency: the layers the
    quantization debugger ranks worst go back to float, one at a time, until the held-out
    agreement reaches `fallback_target` (quantize/fallback.py).
 
-Steps 1-4 cost no latency: the default (`mode="fast"`).
+Steps 1-5 cost no latency: the default (`mode="fast"`).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from build import float_model
-from quantize import activation_stats, bias_correction, calibrated, drift, ranges
+from quantize import (activation_stats, bias_correction, calibrated, drift, equalization,
+                      ranges)
 from quantize.variants import Variant, graph_for, graph_inputs, representative_dataset
 from runtime.classify import Classifier
 from runtime import tflite_graph as tg
@@ -42,6 +46,7 @@ STATS_IMAGES = 64  # calibration images whose activations are histogrammed
 class Recipe:
     mode: str = "fast"
     float_logits: bool = True
+    equalization: bool = False      # measured neutral on the reference model: opt-in
     range_method: str = "auto"      # one of ranges.METHODS, or auto: the best measured
     bias_correction: bool = True
     fallback_target: float = 0.999  # held-out top-1 agreement that fallback aims for
@@ -98,6 +103,12 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
 
     if recipe.float_logits:
         measure("float logits", quantize(calibrated_graph))
+    if recipe.equalization:
+        equalized, count = equalization.equalize(model, calibration[:STATS_IMAGES])
+        calibrated_graph = calibrated.calibrate(graph_for(equalized, variant), variant,
+                                                representative_dataset(calibration, variant))
+        logits = calibrated.logits_nodes(calibrated_graph) if recipe.float_logits else []
+        measure(f"equalization ({count} activations)", quantize(calibrated_graph))
     stats = activation_stats.collect(
         calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads or 1)
     def correct(quantized: bytes, ranged: bytes) -> bytes:
