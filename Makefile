@@ -60,11 +60,15 @@ $(VENV)/.peers-installed: requirements-peers.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-peers.txt
 	touch $@
 
+# Two pytest-xdist workers, each taking whole test files (--dist loadfile), so that a
+# module's fixtures are built once: most tests wait on one core (TensorFlow on tiny models,
+# process start-up), so two share a 2-core machine. (xdist 3.8's loadgroup does not group
+# under pytest 9, which no longer reads a node id from the field xdist rewrites.)
 test: setup
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -n 2 --dist loadfile tests
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 build: setup
 	$(PY) -m build $(BUILD_ARGS) --out $(OUT)/float
