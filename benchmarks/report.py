@@ -73,7 +73,7 @@ def derive(results: dict) -> None:
 
 
 def has_int8_dot(results: dict) -> bool:
-    return "with int8 dot product" in results["machine"].get("cpu_class", "")
+    return "with int8 dot product" in results.get("machine", {}).get("cpu_class", "")
 
 
 def verdicts(results: dict) -> list[dict]:
