@@ -69,12 +69,7 @@ def peer_models(folder: Path, peers_available: list[str]) -> list[Spec]:
     folder.mkdir(parents=True, exist_ok=True)
     float_onnx = folder / "peak_float32.onnx"
     if not float_onnx.is_file():
-        import tensorflow as tf
-        import tf2onnx
-        signature = [tf.TensorSpec((1, SIZE, SIZE, CHANNELS), tf.float32,
-                                   name=peers.INPUT_NAME)]
-        tf2onnx.convert.from_keras(_graph(), input_signature=signature, opset=17,
-                                   output_path=str(float_onnx))
+        peers.onnx_of(_graph(), float_onnx)
     specs = []
     if "onnxruntime" in peers_available:
         path = folder / "peak_onnxruntime_int8.onnx"

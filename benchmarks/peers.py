@@ -46,14 +46,20 @@ def _key(float_sha: dict, calibration_sha: str) -> dict:
 
 def export_onnx(float_dir: Path, out: Path) -> dict:
     """The float Keras graph (logits, NHWC input) as ONNX, via tf2onnx."""
-    import tf2onnx
     from build import float_model
     model, _ = float_model.load(float_dir)
-    function, signature = float_model.logits_function(model, INPUT_NAME)
     with measured() as cost:  # about 7 GB at 299 x 299
-        tf2onnx.convert.from_function(function, input_signature=signature, opset=17,
-                                      output_path=str(out))
+        onnx_of(model, out)
     return cost
+
+
+def onnx_of(model, out: Path) -> None:
+    """A Keras model's logits graph, batch 1, input named INPUT_NAME, as ONNX (tf2onnx)."""
+    import tf2onnx
+    from build import float_model
+    function, signature = float_model.logits_function(model, INPUT_NAME)
+    tf2onnx.convert.from_function(function, input_signature=signature, opset=17,
+                                  output_path=str(out))
 
 
 def quantize_onnx(float_onnx: Path, calibration: np.ndarray, out: Path) -> dict:
