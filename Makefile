@@ -23,14 +23,14 @@ MAX_TOP1_DROP ?=
 MIN_AGREEMENT ?=
 INT8_MODE ?= fast
 FALLBACK_TARGET ?= 99.9
-EQUALIZE ?=
+EQUALIZE ?= 1
 MODEL ?=
 INT8_POOLS ?= float
 QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALIB_SAMPLES) \
 	$(if $(filter int8,$(INT8_POOLS)),--integer-pools) \
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MIN_AGREEMENT),--min-agreement $(MIN_AGREEMENT)) \
-	--int8-mode $(INT8_MODE) --fallback-target $(FALLBACK_TARGET) $(if $(EQUALIZE),--equalize) \
+	--int8-mode $(INT8_MODE) --fallback-target $(FALLBACK_TARGET) $(if $(filter 0,$(EQUALIZE)),--no-equalize) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
 .PHONY: setup setup-peers setup-tflite-runtime test test-fast build train reference quantize qat eval test-arm bundle bench bench-arm clean

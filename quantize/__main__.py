@@ -39,9 +39,9 @@ def parse_args(argv):
                         "the worst layers in float until --fallback-target")
     p.add_argument("--fallback-target", type=cli.float_in(0.0, 100.0), default=99.9,
                    help="held-out top-1 agreement (percent) the fallback mode aims for")
-    p.add_argument("--equalize", action="store_true",
-                   help="equalize activation channels before calibrating "
-                        "(quantize/equalization.py; neutral on the reference model)")
+    p.add_argument("--no-equalize", action="store_true",
+                   help="skip the equalization of activation channels before calibrating "
+                        "(quantize/equalization.py)")
     p.add_argument("--no-layer-errors", action="store_true")
     p.add_argument("--threads", type=cli.positive_int)
     p.add_argument("--integer-pools", action="store_true",
@@ -116,7 +116,7 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         num_threads=args.threads, float_pools=not args.integer_pools,
         min_agreement=args.min_agreement,
         recipe=recipe.Recipe(mode=args.int8_mode, fallback_target=args.fallback_target / 100,
-                             equalization=args.equalize))
+                             equalization=not args.no_equalize))
 
 
 def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:

@@ -155,6 +155,7 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
             "mode": config.recipe.mode, "range_method": int8.range_method,
             "float_logits": config.recipe.float_logits and cpu_file,
             "bias_correction": config.recipe.bias_correction,
+            "equalization": config.recipe.equalization,
             "float_layers": [{k: v for k, v in e.items() if k != "node"}
                              for e in int8.float_layers] if cpu_file else [],
             "steps": int8.steps})

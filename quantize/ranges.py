@@ -9,8 +9,9 @@ range, and every other value of that tensor is rounded to coarser steps. The met
   the calibration images: rounding noise (step^2 / 12) inside it, the clipping error
   outside. It searches ranges shrunk from min-max towards zero.
 
-The recipe (quantize/recipe.py) measures each method on the model's output and keeps the
-best; the report says what each bought.
+The recipe (quantize/recipe.py) measures percentile and MSE on the model's output and
+keeps the better (min-max, fitted to the very images it would be scored on, is kept for
+the converter's baseline); the report says what each step bought.
 """
 from __future__ import annotations
 
