@@ -68,3 +68,13 @@ def choose(stats: dict[str, TensorStats], method: str,
         else:
             chosen[name] = percentile_range(s)
     return chosen
+
+
+def answer_range(logits: np.ndarray, top_k: int = 5) -> tuple[float, float]:
+    """The range of an 8-bit logits output that spends its steps on what decides the
+    answer: from the lowest k-th best logit of the calibration images (or 0) to their
+    highest logit. Two classes within one step tie, so the narrower the range the fewer
+    ties; a logit below it clips to the bottom, where no calibration image's top k was."""
+    k = min(top_k, logits.shape[1])
+    kth_best = -np.sort(-logits, axis=1)[:, k - 1]
+    return min(float(kth_best.min()), 0.0), max(float(logits.max()), 1e-6)

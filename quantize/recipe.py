@@ -127,19 +127,24 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
             return quantized
         return bias_correction.correct(quantized, ranged, stats)[0]
 
+    if calibration_reference is None:
+        calibration_reference = float_model.keras_logits(model, calibration)
     # Chosen on the calibration images too: three hundred images rank the methods as the
     # validation split does where the hundred held out alone do not.
     method, ranged, cpu = _choose_ranges(
         calibrated_graph, stats, recipe, quantize, correct,
         np.concatenate([calibration, held_out]),
-        np.concatenate([float_model.keras_logits(model, calibration)
-                        if calibration_reference is None else calibration_reference,
-                        reference]), num_threads)
+        np.concatenate([calibration_reference, reference]), num_threads)
     measure(f"ranges ({method})", cpu)
     if recipe.bias_correction:
         cpu = correct(cpu, ranged)
         measure("bias correction", cpu)
-    integer = correct(calibrated.quantize(ranged, io_type), ranged)
+    # The all-integer graph's 8-bit logits: their steps spent on the classes that decide
+    # the answer (fewer ties between the two best).
+    answer = ranges.answer_range(calibration_reference)
+    integer_ranged = calibrated.with_ranges(
+        ranged, {name: answer for name in calibrated.logits_nodes(ranged)})
+    integer = correct(calibrated.quantize(integer_ranged, io_type), integer_ranged)
     float_layers: list[dict] = []
     if recipe.mode == "fallback":
         from quantize import fallback

@@ -83,6 +83,29 @@ def test_float_logits_lift_the_8_bit_cap_and_cut_the_output_error(built):
     assert integer.tensors[integer.outputs[0]].type == tg.TYPE.INT8
 
 
+def test_integer_logits_spend_their_steps_on_the_answer(setting, built):
+    # The all-integer (Edge TPU) graph's 8-bit logits span the lowest fifth-best logit to
+    # the highest, not every logit: finer steps where the answer is decided (so fewer
+    # ties), than the same graph with its output range chosen like any other tensor's.
+    model, calibration, held_out, *_ = setting
+    reference = float_model.keras_logits(model, calibration.pixels)
+    low, high = ranges.answer_range(reference)
+    graph = tg.load(built.integer).subgraphs[0]
+    scale = float(graph.tensors[graph.outputs[0]].quantization.scale[0])
+    assert scale == pytest.approx((high - low) / 255, rel=0.02)
+    before = calibrated.quantize(built.calibrated, np.int8)
+    pixels = np.concatenate([calibration.pixels, held_out.pixels])
+    expected = float_model.keras_logits(model, pixels)
+    top5 = np.argsort(-expected, axis=1)[:, :5]
+
+    def answer_error(model_bytes: bytes) -> float:
+        """Mean error of the five best classes' logits, which decide the answer."""
+        out = activations(model_bytes, tg.tensor_name(graph.tensors[graph.outputs[0]]),
+                          variants.graph_inputs(pixels, INT8)).reshape(len(pixels), -1)
+        return float(np.mean(np.abs(np.take_along_axis(out - expected, top5, axis=1))))
+    assert answer_error(built.integer) < answer_error(before)
+
+
 def test_exact_pixel_input(built):
     graph = tg.load(built.cpu).subgraphs[0]
     quant = graph.tensors[graph.inputs[0]].quantization
