@@ -40,7 +40,7 @@ def parse_args(argv):
                    help="timed rounds per thread count")
     p.add_argument("--warmup", type=cli.non_negative_int, default=5)
     p.add_argument("--eval", help="labelled folder: top-1 of every candidate")
-    p.add_argument("--eval-samples", type=cli.positive_int, default=500,
+    p.add_argument("--eval-samples", type=cli.non_negative_int, default=500,
                    help="seeded random subset of --eval (0: all)")
     p.add_argument("--peers", default="onnxruntime,openvino", help="or none")
     p.add_argument("--no-splits", action="store_true",

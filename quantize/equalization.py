@@ -15,7 +15,7 @@ data-free quantization, which per-channel weights do not need).
 Concatenations need it most. TFLite gives a concatenation's inputs and output one range,
 so every branch of an Inception block is rounded on the steps of the widest channel of the
 block: on the reference model Mixed_7c's widest channel reaches 87 where half its channels
-stay under 0.7, one step of 0.34. The same rule applies to the concatenated channels
+stay under 0.7: two steps of 0.34. The same rule applies to the concatenated channels
 (`concat_chains`): each branch's last batch norm scales its channels, the convolutions that
 read the block (directly, or through average pools, max pools and dropout) take the
 inverse. A reduction block's max-pool branch passes the previous block's channels through
