@@ -191,7 +191,8 @@ def equalize(model: keras.Model, pixels: np.ndarray, alpha: float = ALPHA
     maxima = channel_maxima(copy, [relu.output for _, relu, _ in found] +
                             [chain.concat.output for chain in concats], pixels)
     for (source, _, readers), activation_max in zip(found, maxima):
-        rescale(source, readers, _scales(activation_max, _weight_max(readers), alpha))
+        weight_max = _weight_max([(r, 0) for r in readers], activation_max.size)
+        rescale(source, readers, _scales(activation_max, weight_max, alpha))
     applied: dict = {}  # concatenation -> the scales its channels were divided by
     for chain, activation_max in zip(concats, maxima[len(found):]):
         applied[chain.concat] = _rescale_concat(chain, activation_max, applied, alpha)
@@ -212,9 +213,18 @@ def channel_maxima(model: keras.Model, tensors: list, pixels: np.ndarray,
     return maxima
 
 
-def _weight_max(readers: list) -> np.ndarray:
-    """The largest weight magnitude of each input channel over `readers`."""
-    return np.max([np.abs(r.get_weights()[0]).max(axis=(0, 1, 3)) for r in readers], axis=0)
+def _weight_max(readers: list[tuple[object, int]], width: int) -> np.ndarray:
+    """The largest weight magnitude of each of `width` input channels over `readers`
+    (convolution, the input channel at which they start)."""
+    return np.max([np.abs(r.get_weights()[0])[:, :, at:at + width].max(axis=(0, 1, 3))
+                   for r, at in readers], axis=0)
+
+
+def _multiply_inputs(reader, at: int, s: np.ndarray) -> None:
+    """Multiply `reader`'s weights for input channels at .. at + len(s) by s."""
+    weights = reader.get_weights()
+    weights[0][:, :, at:at + s.size, :] *= s[None, None, :, None]
+    reader.set_weights(weights)
 
 
 def _parts(chain: ConcatChain):
@@ -234,9 +244,7 @@ def _rescale_concat(chain: ConcatChain, activation_max: np.ndarray, applied: dic
     for segment, part in _parts(chain):  # what an upstream rescaling left in passed channels
         if segment.upstream in applied:
             activation_max[part] /= applied[segment.upstream]
-    width = activation_max.size
-    weight_max = np.max([np.abs(r.get_weights()[0])[:, :, at:at + width].max(axis=(0, 1, 3))
-                         for r, at in chain.readers], axis=0)
+    weight_max = _weight_max(chain.readers, activation_max.size)
     carried = rescale_concat(chain, _scales(activation_max, weight_max, alpha))
     for segment, part in _parts(chain):
         if segment.upstream in applied:
@@ -256,9 +264,7 @@ def rescale_concat(chain: ConcatChain, s: np.ndarray) -> np.ndarray:
             s[part] = _feasible(segment.source, s[part])
             _divide_output(segment.source, s[part])
     for reader, at in chain.readers:
-        weights = reader.get_weights()
-        weights[0][:, :, at:at + s.size, :] *= s[None, None, :, None]
-        reader.set_weights(weights)
+        _multiply_inputs(reader, at, s)
     return s
 
 
@@ -268,7 +274,5 @@ def rescale(source, readers: list, s: np.ndarray) -> np.ndarray:
     s = _feasible(source, np.asarray(s, np.float32))
     _divide_output(source, s)
     for reader in readers:
-        weights = reader.get_weights()
-        weights[0] = weights[0] * s[None, None, :, None]
-        reader.set_weights(weights)
+        _multiply_inputs(reader, 0, s)
     return s
