@@ -70,11 +70,17 @@ def choose(stats: dict[str, TensorStats], method: str,
     return chosen
 
 
-def answer_range(logits: np.ndarray, top_k: int = 5) -> tuple[float, float]:
+def answer_range(logits: np.ndarray, top_k: int = 5, top_quantile: float = 0.99
+                 ) -> tuple[float, float]:
     """The range of an 8-bit logits output that spends its steps on what decides the
-    answer: from the lowest k-th best logit of the calibration images (or 0) to their
-    highest logit. Two classes within one step tie, so the narrower the range the fewer
-    ties; a logit below it clips to the bottom, where no calibration image's top k was."""
+    answer: from the lowest k-th best logit of the calibration images (or 0) to the 99th
+    percentile of their highest logits. Two classes within one step tie, so the narrower
+    the range the fewer ties. A logit below it clips to the bottom, where no calibration
+    image's top k was; a highest logit above it saturates, and stays the answer unless
+    its runner-up saturates too. The highest logit itself is at the mercy of one image:
+    on the reference model 67.8 for 200 validation images, 33.7 for 200 calibration
+    images; their 99th percentiles 20.4 and 19.8."""
     k = min(top_k, logits.shape[1])
-    kth_best = -np.sort(-logits, axis=1)[:, k - 1]
-    return min(float(kth_best.min()), 0.0), max(float(logits.max()), 1e-6)
+    ordered = -np.sort(-logits, axis=1)
+    high = float(np.quantile(ordered[:, 0], top_quantile))
+    return min(float(ordered[:, k - 1].min()), 0.0), max(high, 1e-6)
