@@ -9,10 +9,12 @@ different model (81 % of the float model's answers kept, measured), where the po
 the same model in int8. The whole graph is quantized: a float logits layer, as the
 accuracy-first int8 has, let the converter leave other un-annotated ops in float too.
 
-Two things tfmot gets wrong on this network are avoided: its layout transforms (which
-fold conv + batch norm) reorder the inputs of Mixed_6a's and Mixed_7a's concatenations,
-so batch norm is folded here first (`fold_batch_norm`) and no transform is applied; and
-its activation ranges start at [-6, 6], so they are set from measured ranges first.
+What tfmot gets wrong on this network is avoided: its layout transforms (which fold
+conv + batch norm) reorder the inputs of Mixed_6a's and Mixed_7a's concatenations, so
+batch norm is folded here first (`fold_batch_norm`) and no transform is applied; without
+them it would round each convolution before its ReLU as well as after, which the device
+never does (`quantize_without_transforms`); and its weight and activation ranges start
+at [-6, 6], so they are set from the model first (`calibrate_ranges`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from build.inception_v3 import fold_batch_norm
 from build.keras_env import keras, tf
 from build.train import TrainConfig, datasets, load_training_data
 from build.weights import short_name
+from quantize import equalization, ranges
+from quantize.recipe import STATS_IMAGES
+from runtime.preprocessing import normalize
 
 
 class Distillation(keras.Model):
@@ -77,9 +82,14 @@ def quantization_aware(model: keras.Model, card: dict, data: str, val: str | Non
         config, card.get("labels"), card["num_classes"])
     train_ds, val_ds = datasets(config, x_train, y_train, x_val, y_val)
     keras.utils.set_random_seed(seed)
+    # The same function with every channel's range evened out, as the post-training int8
+    # is made (quantize/equalization.py): measured on the reference model, 48 of 3,925
+    # answers changed at the start of QAT where the plain model changes 55.
+    sample = _spread(x_val, STATS_IMAGES)  # validation images come class by class
+    equalized, _ = equalization.equalize(model, sample)
     with distributed.strategy().scope():  # one device, or every worker's (WORKERS=N)
-        qat, folded = _qat_model(model, card)
-        calibrate_ranges(qat, folded, x_val[:32])
+        qat, folded = _qat_model(equalized, card)
+        calibrate_ranges(qat, folded, sample)
         distillation = Distillation(qat, float_model.logits_model(model))
         distillation.compile(optimizer=keras.optimizers.Adam(learning_rate))
     print(f"Quantization-aware training (distillation from the float model) on "
@@ -91,9 +101,14 @@ def quantization_aware(model: keras.Model, card: dict, data: str, val: str | Non
     # The trained weights into a model of this process alone, for the converter: reading
     # them is a collective every worker joins, in the same order.
     weights = qat.get_weights()
-    plain, _ = _qat_model(model, card)
+    plain, _ = _qat_model(equalized, card)
     plain.set_weights(weights)
     return plain
+
+
+def _spread(pixels: np.ndarray, count: int) -> np.ndarray:
+    """`count` images evenly spaced through `pixels` (every class, not the first)."""
+    return pixels[np.linspace(0, len(pixels) - 1, min(count, len(pixels))).astype(int)]
 
 
 def _qat_model(model: keras.Model, card: dict) -> tuple[keras.Model, keras.Model]:
@@ -106,37 +121,79 @@ def _qat_model(model: keras.Model, card: dict) -> tuple[keras.Model, keras.Model
 
 
 def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -> int:
-    """Start every activation quantizer at the float model's measured range.
+    """Start every quantizer at the float model's range on `pixels`.
 
     tfmot starts them at [-6, 6] and moves them by a slow moving average, so a network
-    whose activations exceed 6 begins QAT clipped (accuracy collapses to chance) and must
-    re-learn what it knew. Returns how many quantizers were set.
+    whose activations exceed 6 begins QAT clipped and must re-learn what it knew. Set
+    here: layer outputs (`output_*`) at their per-batch range, the logits convolution's
+    own output (`post_activation_*`) at the answer range of the post-training Coral file
+    (quantize/ranges.py), and the weights' ranges: tfmot sets those on the first training
+    step only, and until then rounds every weight on [-6, 6] (measured on the reference
+    model: 1,388 of 3,925 answers changed before training, 48 with the ranges set here).
+    Returns how many activation quantizers were set.
     """
-    from runtime.preprocessing import normalize
-    targets = {}
+    targets, logits_layers = _activation_quantizers(qat)
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in targets])
+    chosen = dict(zip(targets, _batch_ranges(probe, pixels)))
+    logits = keras.Model(model.inputs, model.outputs).predict(normalize(pixels), verbose=0)
+    for name in logits_layers:
+        chosen[name] = ranges.answer_range(logits.reshape(len(pixels), -1))
+    for name, (low, high) in targets.items():
+        low.assign(min(chosen[name][0], 0.0))
+        high.assign(max(chosen[name][1], 1e-6))
     for layer in qat.layers:
         names = {short_name(w.name): w for w in layer.weights}
-        if "output_min" in names and layer.name.startswith("quant_"):
-            targets[layer.name[len("quant_"):]] = (names["output_min"], names["output_max"])
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in targets])
-    outputs = probe.predict(normalize(pixels), verbose=0, batch_size=8)
-    outputs = outputs if isinstance(outputs, list) else [outputs]
-    for (low, high), values in zip(targets.values(), outputs):
-        low.assign(min(float(np.min(values)), 0.0))
-        high.assign(max(float(np.max(values)), 1e-6))
-    for layer in qat.layers:  # the input quantizer: the preprocessing's range
-        names = {short_name(w.name): w for w in layer.weights}
-        if "quantize_layer_min" in names:
+        if "quantize_layer_min" in names:  # the input quantizer: the preprocessing's range
             names["quantize_layer_min"].assign(-1.0)
             names["quantize_layer_max"].assign(1.0)
+        if "kernel_min" in names:  # symmetric per output channel, as training sets it
+            kernel = names["kernel"].numpy()
+            largest = np.max(np.abs(kernel.reshape(-1, kernel.shape[-1])), axis=0)
+            names["kernel_min"].assign(-largest)
+            names["kernel_max"].assign(largest)
     return len(targets)
 
 
+def _activation_quantizers(qat: keras.Model) -> tuple[dict, list[str]]:
+    """{float layer name: (min, max) variables} of every activation quantizer, and the
+    layers among them whose quantizer is a convolution's own output (the logits)."""
+    targets, logits_layers = {}, []
+    for layer in qat.layers:
+        names = {short_name(w.name): w for w in layer.weights}
+        for kind in ("output", "post_activation"):
+            if f"{kind}_min" in names and layer.name.startswith("quant_"):
+                name = layer.name[len("quant_"):]
+                targets[name] = (names[f"{kind}_min"], names[f"{kind}_max"])
+                if kind == "post_activation":
+                    logits_layers.append(name)
+    return targets, logits_layers
+
+
+def _batch_ranges(probe: keras.Model, pixels: np.ndarray,
+                  batch: int = 32) -> list[tuple[float, float]]:
+    """Each output's minimum and maximum per batch, averaged over the batches: where
+    tfmot's moving average of the training batches' ranges settles. The min-max of every
+    image instead is at the mercy of one: on the reference model, one validation image
+    of 200 doubles the range of Mixed_7's tensors."""
+    extents = []
+    for start in range(0, len(pixels), batch):
+        outputs = probe(normalize(pixels[start:start + batch]), training=False)
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        extents.append([(float(np.min(o)), float(np.max(o))) for o in outputs])
+    return [tuple(pair) for pair in np.mean(extents, axis=0)]
+
+
 def quantize_without_transforms(model: keras.Model) -> keras.Model:
-    """tfmot's default 8-bit scheme with its layout transforms switched off."""
+    """tfmot's default 8-bit scheme with its layout transforms switched off, and the
+    quantization TFLite will run: a convolution that a ReLU reads is quantized after the
+    ReLU only (the converter fuses the two into one op with one output range). Left to
+    itself tfmot would also round the convolution's output before the ReLU, on a range
+    that spends half its steps on negatives the device never stores."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras import (
         quantize_layout_transform)
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry)
 
     class NoTransforms(quantize_layout_transform.QuantizeLayoutTransform):
         def apply(self, model, layer_quantize_map):
@@ -146,6 +203,22 @@ def quantize_without_transforms(model: keras.Model) -> keras.Model:
         def get_layout_transformer(self):
             return NoTransforms()
 
-    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    fused = {layer.name for layer in model.layers if _read_by_relu_only(layer)}
+    weights_only = registry.Default8BitConvQuantizeConfig(["kernel"], [], False)
+
+    def annotate(layer):
+        config = weights_only if layer.name in fused else None
+        return tfmot.quantization.keras.quantize_annotate_layer(layer, config)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
     with tfmot.quantization.keras.quantize_scope():
         return tfmot.quantization.keras.quantize_apply(annotated, Scheme())
+
+
+def _read_by_relu_only(layer) -> bool:
+    """A convolution whose output only a ReLU reads (the converter fuses the pair)."""
+    if not isinstance(layer, keras.layers.Conv2D):
+        return False
+    readers = [node.outbound_layer for node in layer._outbound_nodes]
+    return len(readers) == 1 and isinstance(readers[0], keras.layers.ReLU)

@@ -297,3 +297,24 @@ def test_intervals():
     low, high = drift.paired_change_interval(10, 2, 1000)
     assert low < 0.8 < high
 
+
+def test_quantization_aware_training_starts_where_the_converter_is(setting, built,
+                                                                    tiny_float_dir):
+    # Before a single training step, the fake-quantized model must answer about as closely
+    # as the converter's int8 does: weights on their own per-channel ranges (on tfmot's
+    # initial [-6, 6] the five best logits' error is 16 times the converter's here), a
+    # ReLU's convolution rounded once, after the ReLU, as the device runs it.
+    from quantize import qat
+    from runtime.preprocessing import normalize
+    model, calibration, held_out, *_ = setting
+    _, card = float_model.load(tiny_float_dir)
+    fake, folded = qat._qat_model(model, card)
+    qat.calibrate_ranges(fake, folded, calibration.pixels)
+    with_output_range = [layer.name for layer in fake.layers
+                         if any("post_activation" in w.name for w in layer.weights)]
+    assert with_output_range == ["quant_InceptionV3/Logits/Conv2d_1c_1x1"]
+    pixels = np.concatenate([calibration.pixels, held_out.pixels])
+    reference = float_model.keras_logits(model, pixels)
+    start = fake.predict(normalize(pixels), verbose=0)
+    converter = tflite_logits(calibrated.quantize(built.calibrated, np.int8), pixels)
+    assert _answer_error(start, reference) < 1.5 * _answer_error(converter, reference)
