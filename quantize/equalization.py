@@ -39,15 +39,16 @@ MAX_SCALE = 100.0  # s_c within [1/100, 100]: a dead or huge channel moves nothi
 layers = keras.layers
 
 
-def _readers(layer) -> list:
+def readers_of(layer) -> list:
+    """The layers that read `layer`'s output."""
     return [node.outbound_layer for node in layer._outbound_nodes]
 
 
 def _conv_readers(relu) -> list | None:
     """The convolutions that read `relu`'s output, or None if anything else does."""
     found = []
-    for reader in _readers(relu):
-        inner = _readers(reader) if isinstance(reader, layers.MaxPooling2D) else [reader]
+    for reader in readers_of(relu):
+        inner = readers_of(reader) if isinstance(reader, layers.MaxPooling2D) else [reader]
         if not inner or not all(isinstance(x, layers.Conv2D) for x in inner):
             return None
         found += inner
@@ -100,7 +101,7 @@ def _segments(concat) -> list[Segment]:
     rescaled for it: an input read elsewhere too is a fixed segment."""
     found = []
     for inbound in concat._inbound_nodes[0].inbound_layers:
-        width, only_here = int(inbound.output.shape[-1]), _readers(inbound) == [concat]
+        width, only_here = int(inbound.output.shape[-1]), readers_of(inbound) == [concat]
         if isinstance(inbound, layers.Concatenate) and only_here:
             found += _segments(inbound)
         elif isinstance(inbound, layers.MaxPooling2D):
@@ -117,7 +118,7 @@ def _readers_at(layer, offset: int = 0) -> list[tuple[object, int]] | None:
     """The convolutions that read `layer`'s channels, with the channel at which each reads
     them; None if anything else reads them."""
     found = []
-    for reader in _readers(layer):
+    for reader in readers_of(layer):
         if isinstance(reader, layers.Conv2D):
             inner = [(reader, offset)]
         elif isinstance(reader, (layers.AveragePooling2D, layers.MaxPooling2D,
@@ -141,7 +142,7 @@ def concat_chains(model: keras.Model) -> list[ConcatChain]:
     found = []
     for layer in model.layers:
         if not isinstance(layer, layers.Concatenate) or \
-                any(isinstance(r, layers.Concatenate) for r in _readers(layer)):
+                any(isinstance(r, layers.Concatenate) for r in readers_of(layer)):
             continue
         segments, readers = _segments(layer), _readers_at(layer)
         if readers and any(segment.source is not None for segment in segments):

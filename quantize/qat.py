@@ -134,9 +134,9 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
     """
     targets, logits_layers = _activation_quantizers(qat)
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in targets])
-    chosen = dict(zip(targets, _batch_ranges(probe, pixels)))
-    logits = keras.Model(model.inputs, model.outputs).predict(normalize(pixels), verbose=0)
-    for name in logits_layers:
+    batch_ranges, kept = _batch_ranges(probe, pixels, [n in logits_layers for n in targets])
+    chosen = dict(zip(targets, batch_ranges))
+    for name, logits in zip(logits_layers, kept):
         chosen[name] = ranges.answer_range(logits.reshape(len(pixels), -1))
     for name, (low, high) in targets.items():
         low.assign(min(chosen[name][0], 0.0))
@@ -169,18 +169,22 @@ def _activation_quantizers(qat: keras.Model) -> tuple[dict, list[str]]:
     return targets, logits_layers
 
 
-def _batch_ranges(probe: keras.Model, pixels: np.ndarray,
-                  batch: int = 32) -> list[tuple[float, float]]:
+def _batch_ranges(probe: keras.Model, pixels: np.ndarray, keep: list[bool],
+                  batch: int = 32) -> tuple[list[tuple[float, float]], list[np.ndarray]]:
     """Each output's minimum and maximum per batch, averaged over the batches: where
     tfmot's moving average of the training batches' ranges settles. The min-max of every
     image instead is at the mercy of one: on the reference model, one validation image
-    of 200 doubles the range of Mixed_7's tensors."""
-    extents = []
+    of 200 doubles the range of Mixed_7's tensors. Also the whole values of the outputs
+    marked in `keep` (the logits), from the same pass."""
+    extents, kept = [], [[] for flag in keep if flag]
     for start in range(0, len(pixels), batch):
         outputs = probe(normalize(pixels[start:start + batch]), training=False)
-        outputs = outputs if isinstance(outputs, list) else [outputs]
+        outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, list) else [outputs])]
         extents.append([(float(np.min(o)), float(np.max(o))) for o in outputs])
-    return [tuple(pair) for pair in np.mean(extents, axis=0)]
+        for values, o in zip(kept, [o for o, flag in zip(outputs, keep) if flag]):
+            values.append(o)
+    return ([tuple(pair) for pair in np.mean(extents, axis=0)],
+            [np.concatenate(values) for values in kept])
 
 
 def quantize_without_transforms(model: keras.Model) -> keras.Model:
@@ -220,5 +224,5 @@ def _read_by_relu_only(layer) -> bool:
     """A convolution whose output only a ReLU reads (the converter fuses the pair)."""
     if not isinstance(layer, keras.layers.Conv2D):
         return False
-    readers = [node.outbound_layer for node in layer._outbound_nodes]
+    readers = equalization.readers_of(layer)
     return len(readers) == 1 and isinstance(readers[0], keras.layers.ReLU)
