@@ -1,7 +1,8 @@
 """Train or fine-tune the slim InceptionV3 on an image folder (one sub-folder per class).
 
 Augmentation follows slim's training preprocessing in spirit: a random crop chosen by
-`tf.image.sample_distorted_bounding_box` and a random left-right flip. Validation uses the
+`tf.image.sample_distorted_bounding_box` and a random left-right flip, in their stateless
+forms so that a seed gives the same batches on every run. Validation uses the
 device's own preprocessing, so the accuracy printed is the one the device would see. The
 aux head's loss (weight 0.4, as slim) is used when the input is large enough for it.
 Checkpoints after every epoch (weights and optimizer) let a rerun resume.
@@ -60,10 +61,12 @@ def _split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 def _augment(size: tuple[int, int], min_crop_area: float, flip: bool):
-    def augment(pixels, label):
-        begin, extent, _ = tf.image.sample_distorted_bounding_box(
+    """Stateless random ops, each image's seed drawn from a seeded stream: the same seed
+    gives the same crops and flips whatever order tf.data's parallel calls run in."""
+    def augment(seed, pixels, label):
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.shape(pixels), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            min_object_covered=min_crop_area, aspect_ratio_range=(0.75, 1.33),
+            seed=seed, min_object_covered=min_crop_area, aspect_ratio_range=(0.75, 1.33),
             area_range=(min_crop_area, 1.0), max_attempts=20,
             use_image_if_no_bounding_boxes=True)
         crop = tf.slice(pixels, begin, extent)
@@ -71,7 +74,7 @@ def _augment(size: tuple[int, int], min_crop_area: float, flip: bool):
         image = tf.compat.v1.image.resize_bilinear(tf.cast(crop, tf.float32)[tf.newaxis],
                                                    size, align_corners=False)[0]
         if flip:
-            image = tf.image.random_flip_left_right(image)
+            image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
         return image / PIXELS_PER_UNIT + PIXEL_OFFSET, label  # preprocessing.normalize
     return augment
 
@@ -107,10 +110,13 @@ def load_training_data(config: TrainConfig, classes: list[str] | None = None,
 
 def datasets(config: TrainConfig, x_train, y_train, x_val, y_val, targets=None):
     """Augmented, shuffled training batches and validation batches (device preprocessing)."""
-    train_ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-                .shuffle(len(x_train), seed=config.seed)
-                .map(_augment(config.input_size, config.min_crop_area, config.flip),
-                     num_parallel_calls=tf.data.AUTOTUNE))
+    # A new pair of seeds per image and epoch, the same on every run with this seed.
+    seeds = tf.data.Dataset.random(config.seed, rerandomize_each_iteration=True).batch(2)
+    images = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+              .shuffle(len(x_train), seed=config.seed))
+    augment = _augment(config.input_size, config.min_crop_area, config.flip)
+    train_ds = tf.data.Dataset.zip(seeds, images).map(
+        lambda seed, example: augment(seed, *example), num_parallel_calls=tf.data.AUTOTUNE)
     val_ds = tf.data.Dataset.from_tensor_slices((normalize(x_val), y_val))
     if targets is not None:
         train_ds, val_ds = train_ds.map(targets), val_ds.map(targets)
