@@ -27,18 +27,24 @@ COLOURS = {"ours": "tab:blue", "keras": "tab:gray", "onnxruntime": "tab:orange",
 
 
 def quantize_command(manifest: dict, run: Path) -> str:
-    """The `make quantize` that made `run`, from its manifest (whose folders are relative
-    to the run): the build options where the run built its float model, else MODEL=."""
+    """The `make quantize` (or `make qat`, when the run has a qat variant) that made `run`,
+    from its manifest (whose folders are relative to the run): the build options where
+    the run built its float model, else MODEL=."""
     def here(folder: str) -> str:  # as typed from where the bench was started
         return os.path.normpath(run / folder)
     fm = manifest["float_model"]
-    calibration = f"CALIB={here(manifest['calibration']['folder'])} OUT={run}"
     if fm["folder"] != "float":
-        return f"make quantize MODEL={here(fm['folder'])} {calibration}"
-    h, w = fm["input_size"]
-    size = h if h == w else f"{h}x{w}"
-    return (f"make quantize WEIGHTS={fm['weights']['source']} INPUT_SIZE={size} "
-            f"DEPTH_MULTIPLIER={fm['depth_multiplier']} NUM_CLASSES={fm['num_classes']} "
+        source = f"MODEL={here(fm['folder'])}"
+    else:
+        h, w = fm["input_size"]
+        source = (f"WEIGHTS={fm['weights']['source']} INPUT_SIZE={h if h == w else f'{h}x{w}'} "
+                  f"DEPTH_MULTIPLIER={fm['depth_multiplier']} NUM_CLASSES={fm['num_classes']}")
+    calibration = f"CALIB={here(manifest['calibration']['folder'])} OUT={run}"
+    qat = manifest["variants"].get("qat", {}).get("training")
+    if not qat:
+        return f"make quantize {source} {calibration}"
+    val = f" VAL={here(qat['val'])}" if qat.get("val") else ""
+    return (f"make qat {source} DATA={here(qat['data'])}{val} QAT_EPOCHS={qat['epochs']} "
             f"{calibration}")
 
 

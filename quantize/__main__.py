@@ -122,7 +122,7 @@ def checked_config(args) -> pipeline.QuantizeConfig:
 def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
     """The run's report; None on a worker other than the chief, whose part ends with
     quantization-aware training."""
-    qat_model = None
+    qat_model, qat_training = None, None
     if args.qat_data:
         from quantize.qat import quantization_aware
         distributed.strategy()  # before the first TensorFlow op, on a worker of several
@@ -132,7 +132,10 @@ def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
             learning_rate=args.qat_learning_rate, flip=not args.qat_no_flip)
         if not distributed.is_chief():
             return None
-    return pipeline.run(config, qat_model)
+        qat_training = {"data": args.qat_data, "val": args.qat_val, "epochs": args.qat_epochs,
+                        "learning_rate": args.qat_learning_rate, "flip": not args.qat_no_flip,
+                        "workers": args.workers}
+    return pipeline.run(config, qat_model, qat_training)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,8 +78,10 @@ class RunData:
     calibration_reference: np.ndarray | None = None
 
 
-def run(config: QuantizeConfig, qat_model=None) -> dict:
-    """`qat_model`: the quantization-aware model for the `qat` variant (from make qat)."""
+def run(config: QuantizeConfig, qat_model=None, qat_training: dict | None = None) -> dict:
+    """`qat_model`: the quantization-aware model for the `qat` variant (from make qat);
+    `qat_training`: how it was trained (folders, epochs, ...), kept in the manifest so the
+    run says how to make it again."""
     if "qat" in config.variants and qat_model is None:
         raise InputError("The qat variant comes from quantization-aware training: run "
                          "`make qat DATA=<image folder>`.")
@@ -102,6 +104,9 @@ def run(config: QuantizeConfig, qat_model=None) -> dict:
                                        "bytes": path.stat().st_size, "graph": made["graph"],
                                        "io": results[name]["io"],
                                        **_recipe_facts(made), **_compiled(made, stage)}
+            if name == "qat" and qat_training:
+                manifest_variants[name]["training"] = _relative_folders(qat_training,
+                                                                        config.out)
         per_layer = None
         if config.layer_errors and calibrated_int8 is not None:
             print("[int8] per-layer error (quantization debugger)", flush=True)
@@ -273,6 +278,12 @@ def _compiled(made: dict, stage: Path) -> dict:
         if name and (stage / name).is_file():
             found[key] = {"file": name, "sha256": sha256(stage / name)}
     return {"edgetpu_compiled": found} if found else {}
+
+
+def _relative_folders(training: dict, out: Path) -> dict:
+    """QAT's settings with its image folders relative to the run, as the manifest's others."""
+    return {k: os.path.relpath(v, out) if k in ("data", "val") and v else v
+            for k, v in training.items()}
 
 
 def _recipe_facts(made: dict) -> dict:

@@ -157,3 +157,26 @@ def test_the_cpu_class_says_whether_int8_has_a_dot_product():
     assert machine.cpu_class("aarch64", {"asimd", "asimddp"}).startswith(
         "aarch64 with int8 dot product (sdot")
     assert machine.describe()["cpu_class"]
+
+
+def test_the_page_names_the_command_that_made_the_run(tmp_path):
+    """A run with a qat variant was made by make qat, with its data and epochs; others by
+    make quantize, with the float model they took or the build options they used."""
+    manifest = {"float_model": {"folder": "../float", "input_size": [128, 128]},
+                "calibration": {"folder": "../../photos/train"},
+                "variants": {"int8": {"file": "inception_v3_int8.tflite"}}}
+    run = tmp_path / "ref" / "run"
+    assert report.quantize_command(manifest, run) == \
+        f"make quantize MODEL={tmp_path}/ref/float CALIB={tmp_path}/photos/train OUT={run}"
+    manifest["variants"]["qat"] = {"training": {"data": "../../photos/train",
+                                                "val": "../../photos/val", "epochs": 1}}
+    assert report.quantize_command(manifest, run) == (
+        f"make qat MODEL={tmp_path}/ref/float DATA={tmp_path}/photos/train "
+        f"VAL={tmp_path}/photos/val QAT_EPOCHS=1 CALIB={tmp_path}/photos/train OUT={run}")
+    manifest["float_model"] = {"folder": "float", "input_size": [149, 149],
+                               "weights": {"source": "random"}, "depth_multiplier": 1.0,
+                               "num_classes": 1000}
+    del manifest["variants"]["qat"]
+    assert report.quantize_command(manifest, run) == (
+        f"make quantize WEIGHTS=random INPUT_SIZE=149 DEPTH_MULTIPLIER=1.0 "
+        f"NUM_CLASSES=1000 CALIB={tmp_path}/photos/train OUT={run}")

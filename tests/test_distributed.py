@@ -81,14 +81,17 @@ def test_two_workers_run_quantization_aware_training_then_the_chief_quantizes(
         two_worker_model, few_digits, tmp_path):
     out, _ = two_worker_model
     run = tmp_path / "run"
-    done = _run("quantize", "--model", str(out), "--variants", "float32", "--calib",
+    done = _run("quantize", "--model", str(out), "--variants", "qat", "--calib",
                 str(few_digits / "train"), "--calib-samples", "40", "--held-out-samples",
                 "20", "--qat-data", str(few_digits / "train"), "--qat-val",
                 str(few_digits / "val"), "--qat-epochs", "1", "--qat-no-flip",
                 "--no-layer-errors", "--workers", "2", "--out", str(run))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
-    assert set(report["variants"]) == {"float32", "qat"}
+    assert set(report["variants"]) == {"qat"}
+    training = json.loads((run / "manifest.json").read_text())["variants"]["qat"]["training"]
+    assert training["workers"] == 2 and training["epochs"] == 1 and not training["flip"]
+    assert (run / training["data"]).resolve() == (few_digits / "train").resolve()
     qat = Classifier(run / report["variants"]["qat"]["file"])
     assert np.all(np.isfinite(qat.run(qat.input_tensor(np.zeros((75, 75, 3), np.uint8)))))
 
