@@ -134,7 +134,7 @@ def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
             return None
         qat_training = {"data": args.qat_data, "val": args.qat_val, "epochs": args.qat_epochs,
                         "learning_rate": args.qat_learning_rate, "flip": not args.qat_no_flip,
-                        "workers": args.workers}
+                        "workers": distributed.num_workers()}
     return pipeline.run(config, qat_model, qat_training)
 
 
