@@ -136,7 +136,7 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in targets])
     batch_ranges, kept = _batch_ranges(probe, pixels, [n in logits_layers for n in targets])
     chosen = dict(zip(targets, batch_ranges))
-    for name, logits in zip(logits_layers, kept):
+    for name, logits in zip([n for n in targets if n in logits_layers], kept):  # probe order
         chosen[name] = ranges.answer_range(logits.reshape(len(pixels), -1))
     for name, (low, high) in targets.items():
         low.assign(min(chosen[name][0], 0.0))
