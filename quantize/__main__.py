@@ -127,13 +127,12 @@ def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
         from quantize.qat import quantization_aware
         distributed.strategy()  # before the first TensorFlow op, on a worker of several
         model, card = float_model.load(config.float_dir)
-        qat_model = quantization_aware(
-            model, card, args.qat_data, args.qat_val, epochs=args.qat_epochs,
-            learning_rate=args.qat_learning_rate, flip=not args.qat_no_flip)
+        settings = {"epochs": args.qat_epochs, "learning_rate": args.qat_learning_rate,
+                    "flip": not args.qat_no_flip}  # trained with, and recorded in the manifest
+        qat_model = quantization_aware(model, card, args.qat_data, args.qat_val, **settings)
         if not distributed.is_chief():
             return None
-        qat_training = {"data": args.qat_data, "val": args.qat_val, "epochs": args.qat_epochs,
-                        "learning_rate": args.qat_learning_rate, "flip": not args.qat_no_flip,
+        qat_training = {"data": args.qat_data, "val": args.qat_val, **settings,
                         "workers": distributed.num_workers()}
     return pipeline.run(config, qat_model, qat_training)
 

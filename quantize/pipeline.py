@@ -229,13 +229,11 @@ def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData
     """report.json, report.md and manifest.json into the staging folder."""
     gate = report.apply_gate(results, config.max_top1_drop, config.min_agreement)
 
-    def folder(path: Path) -> str:  # relative to the run: the same bytes on every machine
-        return os.path.relpath(path, config.out)
-
     data_info = {
         # With the seed and the requested counts, images.split redraws both sets
         # (make bench calibrates its peers on exactly these images).
-        "calibration": {"folder": folder(config.calibration_dir), "images": len(data.calibration),
+        "calibration": {"folder": _relative(config.calibration_dir, config.out),
+                        "images": len(data.calibration),
                         "sha256": data.calibration.digest(),
                         "skipped": len(data.everything.skipped),
                         "samples_requested": config.calibration_samples,
@@ -246,11 +244,12 @@ def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData
     skipped = {os.path.relpath(p, config.calibration_dir): why
                for p, why in data.everything.skipped.items()}
     if data.evaluation is not None:
-        data_info["evaluation"] = {"folder": folder(config.eval_dir),
+        data_info["evaluation"] = {"folder": _relative(config.eval_dir, config.out),
                                    "images": len(data.evaluation),
                                    "skipped": len(data.evaluation.skipped)}
     manifest = {
-        "float_model": {"folder": folder(config.float_dir), "sha256": card["files"],
+        "float_model": {"folder": _relative(config.float_dir, config.out),
+                        "sha256": card["files"],
                         "weights": card["weights"], "input_size": card["input_size"],
                         "num_classes": card["num_classes"],
                         "depth_multiplier": card["depth_multiplier"]},
@@ -280,9 +279,15 @@ def _compiled(made: dict, stage: Path) -> dict:
     return {"edgetpu_compiled": found} if found else {}
 
 
+def _relative(path: Path | str, out: Path) -> str:
+    """A folder as the manifest records it: relative to the run, the same bytes on every
+    machine."""
+    return os.path.relpath(path, out)
+
+
 def _relative_folders(training: dict, out: Path) -> dict:
     """QAT's settings with its image folders relative to the run, as the manifest's others."""
-    return {k: os.path.relpath(v, out) if k in ("data", "val") and v else v
+    return {k: _relative(v, out) if k in ("data", "val") and v else v
             for k, v in training.items()}
 
 
