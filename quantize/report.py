@@ -25,9 +25,9 @@ def apply_gate(results: dict[str, dict], max_top1_drop: float | None,
             if -change > max_top1_drop:
                 reasons.append(f"top-1 {change:+.2f} points")
         if min_agreement is not None:
-            agreement = 100 * entry.get("eval", entry["drift"])["top1_agreement"]
-            if agreement < min_agreement:
-                reasons.append(f"agreement {agreement:.2f} %")
+            agreement = entry.get("eval", entry["drift"])["top1_agreement"]
+            if agreement < min_agreement / 100:  # shares compared: 199 of 200 is 99.5 %
+                reasons.append(f"agreement {100 * agreement:.2f} %")
         entry["gate"] = "fail" if reasons else "pass"
         if reasons:
             gate["failed"].append(name)

@@ -276,6 +276,21 @@ def test_gate_names_the_variants_below_the_agreement():
     assert report.apply_gate(results, None, None)["failed"] == []
 
 
+def test_the_gate_passes_a_variant_exactly_at_its_budget():
+    """3 of 300 answers lost is -1.0 points, within MAX_TOP1_DROP=1; 199 of 200 agreeing
+    is 99.5 %, not below MIN_AGREEMENT=99.5 (a difference of shares is not exact)."""
+    labels = np.zeros(300, int)
+    reference = np.tile([[2.0, 1.0]], (300, 1))
+    candidate = reference.copy()
+    candidate[:3] = [1.0, 2.0]
+    measured = drift.compare(reference, candidate, labels)
+    assert measured["top1_change_points"] == -1.0
+    results = {"int8": {"eval": measured},
+               "uint8": {"drift": {"top1_agreement": 199 / 200}}}
+    assert report.apply_gate({"int8": results["int8"]}, 1.0, None)["failed"] == []
+    assert report.apply_gate({"uint8": results["uint8"]}, None, 99.5)["failed"] == []
+
+
 def test_flips_are_told_apart():
     reference = np.array([[2.0, 1.0, 0.0]] * 3)           # float says class 0
     result = drift.compare(reference, np.array([[0.9, 1.0, 0.0],      # other
