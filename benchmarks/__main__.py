@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -178,8 +179,9 @@ def drift_images(args, card: dict, size, manifest: dict, held_out) -> tuple:
     if args.eval:
         images_ = eval_images(card, size, args.eval, args.eval_samples)
         return images_, f"{len(images_)} labelled images from {args.eval}"
-    return held_out, (f"{len(held_out)} held-out images of "
-                      f"{manifest['calibration']['folder']} (never used for calibration)")
+    folder = os.path.normpath(Path(args.run) / manifest["calibration"]["folder"])
+    return held_out, (f"{len(held_out)} held-out images of {folder} (never used for "
+                      "calibration)")
 
 
 def _bench(args, argv: list[str]) -> int:
