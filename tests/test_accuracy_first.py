@@ -7,7 +7,7 @@ import pytest
 
 from build import float_model, images
 from quantize import (activation_stats, bias_correction, calibrated, drift, equalization,
-                      layer_errors, ranges, recipe, report, variants)
+                      layer_errors, logits_weights, ranges, recipe, report, variants)
 from runtime import tflite_graph as tg
 from runtime.interpreter import interpreter_module
 
@@ -82,7 +82,7 @@ def test_each_step_is_measured_from_the_converters_own_quantization(built):
     assert names[0] == "converter" and names[1] == "float logits"
     assert names[2].startswith("equalization (")
     assert names[3].startswith("ranges (") and names[4] == "bias correction"
-    assert names[5].startswith("float fallback")
+    assert names[5].startswith("float fallback") and names[6] == "logits layer: int8 weights"
 
 
 def test_float_logits_lift_the_8_bit_cap_and_cut_the_output_error(built):
@@ -92,6 +92,9 @@ def test_float_logits_lift_the_8_bit_cap_and_cut_the_output_error(built):
     graph = m.subgraphs[0]
     assert graph.tensors[graph.outputs[0]].type == tg.TYPE.FLOAT32
     assert tg.op_names(built.cpu)[-3:] == ["DEQUANTIZE", "CONV_2D", "RESHAPE"]
+    logits = graph.operators[-2]
+    assert graph.tensors[logits.inputs[0]].type == tg.TYPE.FLOAT32
+    assert graph.tensors[logits.inputs[1]].type == tg.TYPE.INT8  # step 7: int8 weights
     # the Edge TPU graph stays all-integer
     integer = tg.load(built.integer).subgraphs[0]
     assert integer.tensors[integer.outputs[0]].type == tg.TYPE.INT8
@@ -260,10 +263,33 @@ def test_fallback_returns_the_debuggers_worst_layer_to_float(built):
                    if tg.op_name(m, op) == "CONV_2D"
                    and graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32]
     assert any(worst["node"] == name for name in float_convs) or len(float_convs) >= 2
-    kept = built.steps[-1]
-    assert (kept["top1_agreement"], kept["sqnr_db"]) >= \
-        (built.steps[-2]["top1_agreement"], built.steps[-2]["sqnr_db"])
+    kept = next(i for i, s in enumerate(built.steps) if s["step"].startswith("float fallback"))
+    assert (built.steps[kept]["top1_agreement"], built.steps[kept]["sqnr_db"]) >= \
+        (built.steps[kept - 1]["top1_agreement"], built.steps[kept - 1]["sqnr_db"])
     assert worst["multiply_adds"] > 0
+
+
+def test_int8_logits_weights_shrink_the_layer_and_their_bias_takes_back_the_rounding(
+        setting, built):
+    """The float logits layer with int8 weights: a quarter of its bytes, output still float,
+    and the float bias cancels the mean shift the rounded weights cause (without it, each
+    class's logit is off by (W - W_q) E[x] on average)."""
+    _, calibration, *_ = setting
+    pixels = calibration.pixels[:64]
+    stats = activation_stats.collect(built.calibrated, variants.graph_inputs(pixels, INT8))
+    before = calibrated.quantize(built.calibrated, np.int8,
+                                 calibrated.logits_nodes(built.calibrated), float_output=True)
+    after = logits_weights.int8_weights(before, built.calibrated, stats)
+    uncorrected = logits_weights.int8_weights(before, built.calibrated, {})
+    graph = tg.load(before).subgraphs[0]
+    weights = graph.tensors[graph.operators[-2].inputs[1]]
+    assert len(before) - len(after) == pytest.approx(3 * np.prod(weights.shape), rel=0.01)
+    expected = tflite_logits(before, pixels)
+
+    def mean_shift(model: bytes) -> float:  # per class, over the images
+        return float(np.mean(np.abs(np.mean(tflite_logits(model, pixels) - expected, 0))))
+    assert mean_shift(after) < 0.5 * mean_shift(uncorrected)
+    assert logits_weights.int8_weights(after, built.calibrated, stats) == after  # once only
 
 
 def test_gate_names_the_variants_below_the_agreement():
