@@ -17,15 +17,17 @@ against the float model so the report says what each bought:
 4. `ranges`: each activation's range chosen by its quantization error
    (quantize/ranges.py); the method (percentile or MSE) whose output is closest to float
    on the calibration and held-out images (lowest KL divergence of the softmax) is kept;
-5. `bias correction` of every int8 convolution (quantize/bias_correction.py);
-6. with `mode="fallback"` only, since float layers cost latency: the layers the
+5. `weight ranges`: each output channel's int8 weight scale chosen by its rounding error
+   (quantize/weight_ranges.py), not the converter's largest weight;
+6. `bias correction` of every int8 convolution (quantize/bias_correction.py);
+7. with `mode="fallback"` only, since float layers cost latency: the layers the
    quantization debugger ranks worst go back to float, one at a time, until the held-out
    agreement reaches `fallback_target` (quantize/fallback.py);
-7. `logits layer: int8 weights`: the float logits layer's weights stored as int8, its input
+8. `logits layer: int8 weights`: the float logits layer's weights stored as int8, its input
    quantized per image by the interpreter and its output still float
    (quantize/logits_weights.py): at 1000 classes a quarter smaller and a little faster.
 
-Steps 1-5 and 7 cost no latency: the default (`mode="fast"`).
+Steps 1-6 and 8 cost no latency: the default (`mode="fast"`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from build import float_model
 from quantize import (activation_stats, bias_correction, calibrated, drift, equalization,
-                      logits_weights, ranges)
+                      logits_weights, ranges, weight_ranges)
 from quantize.variants import Variant, graph_for, graph_inputs, representative_dataset
 from runtime.classify import Classifier
 from runtime import tflite_graph as tg
@@ -62,6 +64,7 @@ class Recipe:
     float_logits: bool = True
     equalization: bool = True
     range_method: str = "auto"      # one of ranges.METHODS, or auto: the best measured
+    weight_ranges: bool = True      # per-channel weight scales by MSE, not max-abs
     bias_correction: bool = True
     fallback_target: float = 0.999  # held-out top-1 agreement that fallback aims for
     fallback_max_layers: int = 8
@@ -126,7 +129,14 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
         measure(f"equalization ({count} tensors)", quantize(calibrated_graph))
     stats = activation_stats.collect(
         calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads or 1)
+    scales = weight_ranges.choose(calibrated_graph) if recipe.weight_ranges else {}
+
+    def weighted(quantized: bytes, ranged: bytes) -> bytes:
+        return weight_ranges.apply(quantized, ranged, scales) if scales else quantized
+
     def correct(quantized: bytes, ranged: bytes) -> bytes:
+        """Steps 5 and 6 on a freshly quantized graph: as it will ship."""
+        quantized = weighted(quantized, ranged)
         if not recipe.bias_correction:
             return quantized
         return bias_correction.correct(quantized, ranged, stats)[0]
@@ -140,8 +150,10 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
         np.concatenate([calibration, held_out]),
         np.concatenate([calibration_reference, reference]), num_threads)
     measure(f"ranges ({method})", cpu)
+    if scales:
+        measure("weight ranges (MSE)", weighted(cpu, ranged))
+    cpu = correct(cpu, ranged)
     if recipe.bias_correction:
-        cpu = correct(cpu, ranged)
         measure("bias correction", cpu)
     # The all-integer graph's 8-bit logits: their steps spent on the classes that decide
     # the answer (fewer ties between the two best).
