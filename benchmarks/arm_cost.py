@@ -71,11 +71,20 @@ def count(plugin: Path, model: Path, runs: int, cpu: str, site: str, scratch: Pa
     return json.loads(out.read_text())
 
 
+RUNS = 2  # invokes counted, after one to warm up
+
+
 def per_inference(plugin: Path, model: Path, cpu: str, scratch: Path) -> dict:
-    """Instructions of one inference: (3 invokes - 1 invoke) / 2."""
-    site = SITES[model.suffix]
-    once, thrice = (count(plugin, model, runs, cpu, site, scratch) for runs in (1, 3))
-    return {kind: max(thrice[kind] - once[kind], 0) / 2 for kind in ("total", *KINDS)}
+    """Instructions of one inference: those between the guest's two marks (after a
+    warm-up invoke, before exit), over the invokes between them. Counting a whole
+    process instead, (3 invokes - 1 invoke) / 2 varied from 10 to 28 million on one
+    model: Python's start-up differs by tens of millions from run to run."""
+    counted = count(plugin, model, RUNS, cpu, SITES[model.suffix], scratch)
+    if len(counted["marks"]) != 2:
+        raise InputError(f"{model.name} on {cpu}: the guest left "
+                         f"{len(counted['marks'])} marks, not 2 (benchmarks/arm/invoke.py)")
+    start, end = counted["marks"]
+    return {kind: (end[kind] - start[kind]) / RUNS for kind in ("total", *KINDS)}
 
 
 def models_of(run: Path, onnx: Path | None) -> dict[str, Path]:
@@ -107,7 +116,8 @@ def markdown(report: dict) -> str:
     base = report["rows"].get("float32")
     lines = [f"# ARM cost: instructions per inference under qemu ({report['name']})", "",
              f"- Command: `{report['command']}`; measured {report['measured']} on "
-             f"{report['host']['cpu_model']} (the count does not depend on the host).",
+             f"{report['host']['cpu_model']} (the count repeats to the instruction on one "
+             "host; the guest's kernels follow the emulated CPU's features).",
              f"- Models: {report['run']}; one thread; LiteRT {report['litert']} with "
              "XNNPACK for `.tflite`, onnxruntime for `.onnx`. `MAC share`: the share of "
              "the instructions that are vector multiply-accumulates (`sdot`, "
