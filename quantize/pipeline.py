@@ -159,6 +159,9 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
         made.update(calibrated=int8.calibrated, recipe={
             "mode": config.recipe.mode, "range_method": int8.range_method,
             "float_logits": config.recipe.float_logits and cpu_file,
+            "int8_logits_weights": config.recipe.float_logits and cpu_file
+            and config.recipe.int8_logits_weights,
+            "weight_ranges": config.recipe.weight_ranges,
             "bias_correction": config.recipe.bias_correction,
             "equalization": config.recipe.equalization,
             "float_layers": [{k: v for k, v in e.items() if k != "node"}

@@ -42,6 +42,9 @@ def test_every_variant_report_and_manifest(tiny_run):
     assert io["uint8"]["input_quantization"] == [1.0, 0]  # raw pixels go straight in
     assert io["int8"]["input_quantization"] == [1.0, -128]  # pixel - 128: exact too
     assert manifest["variants"]["int8"]["recipe"]["mode"] == "fast"
+    assert manifest["variants"]["int8"]["recipe"]["weight_ranges"]
+    assert manifest["variants"]["int8"]["recipe"]["int8_logits_weights"]
+    assert not manifest["variants"]["coral"]["recipe"]["int8_logits_weights"]
     assert io["float32"]["input_dtype"] == "float32"
     for name, entry in report["variants"].items():
         assert entry["conversion"]["seconds"] > 0 and entry["conversion"]["peak_rss_mb"] > 0
