@@ -134,12 +134,14 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     def weighted(quantized: bytes, ranged: bytes) -> bytes:
         return weight_ranges.apply(quantized, ranged, scales) if scales else quantized
 
-    def correct(quantized: bytes, ranged: bytes) -> bytes:
-        """Steps 5 and 6 on a freshly quantized graph: as it will ship."""
-        quantized = weighted(quantized, ranged)
+    def bias_corrected(quantized: bytes, ranged: bytes) -> bytes:
         if not recipe.bias_correction:
             return quantized
         return bias_correction.correct(quantized, ranged, stats)[0]
+
+    def correct(quantized: bytes, ranged: bytes) -> bytes:
+        """Steps 5 and 6 on a freshly quantized graph: as it will ship."""
+        return bias_corrected(weighted(quantized, ranged), ranged)
 
     if calibration_reference is None:
         calibration_reference = float_model.keras_logits(model, calibration)
@@ -151,9 +153,10 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
         np.concatenate([calibration_reference, reference]), num_threads)
     measure(f"ranges ({method})", cpu)
     if scales:
-        measure("weight ranges (MSE)", weighted(cpu, ranged))
-    cpu = correct(cpu, ranged)
+        cpu = weighted(cpu, ranged)
+        measure("weight ranges (MSE)", cpu)
     if recipe.bias_correction:
+        cpu = bias_corrected(cpu, ranged)
         measure("bias correction", cpu)
     # The all-integer graph's 8-bit logits: their steps spent on the classes that decide
     # the answer (fewer ties between the two best).
