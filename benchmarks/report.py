@@ -94,7 +94,8 @@ def verdicts(results: dict) -> list[dict]:
         speedup = candidates["int8"]["latency"][one]["speedup_vs_float32"]
         found.append({"target": f"int8 at least {targets['speedup']}x faster than float32 "
                                 f"TFLite at 1 thread (this CPU class's target)",
-                      "measured": f"{speedup:.2f}x" + _ceiling(results.get("peak", {}).get(one, {})),
+                      "measured": f"{speedup:.2f}x"
+                      + _ceiling(results.get("peak", {}).get(one, {})),
                       "met": speedup >= targets["speedup"]})
     found += accuracy_verdicts(candidates)
     previous = candidates.get(PREVIOUS_INT8)

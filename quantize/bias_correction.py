@@ -40,25 +40,36 @@ def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndar
     return error @ input_mean               # [O, I]
 
 
+def mean_shift(m_quant, op, m_float, float_ops: dict, stats: dict[str, TensorStats]
+               ) -> np.ndarray | None:
+    """(W - W_q) E[x] of one quantized op, from its float twin in `float_ops`
+    (tg.ops_by_output of the calibrated graph) and the mean of that twin's input; None
+    when either is missing."""
+    float_op = float_ops.get(tg.tensor_name(m_quant.subgraphs[0].tensors[op.outputs[0]]))
+    if float_op is None:
+        return None
+    source = stats.get(tg.tensor_name(m_float.subgraphs[0].tensors[float_op.inputs[0]]))
+    if source is None or source.channel_sum is None:
+        return None
+    return weight_error_shift(m_float, float_op, m_quant, op, source.channel_mean)
+
+
 def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats]
             ) -> tuple[bytes, dict]:
     """`quantized` with every int8 convolution's bias corrected; and what changed."""
     m_quant, m_float = tg.load(quantized), tg.load(calibrated)
-    graph_q, graph_f = m_quant.subgraphs[0], m_float.subgraphs[0]
-    float_ops = {tg.tensor_name(graph_f.tensors[op.outputs[0]]): op
-                 for op in graph_f.operators if tg.code(m_float, op) in _WEIGHTED}
+    graph_q = m_quant.subgraphs[0]
+    float_ops = tg.ops_by_output(m_float, _WEIGHTED)
     corrected, largest = 0, 0.0
     for op in graph_q.operators:
         if tg.code(m_quant, op) not in _WEIGHTED or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         weights, bias = graph_q.tensors[op.inputs[1]], graph_q.tensors[op.inputs[2]]
-        float_op = float_ops.get(tg.tensor_name(graph_q.tensors[op.outputs[0]]))
-        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32 or float_op is None:
+        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32:
             continue
-        source = stats.get(tg.tensor_name(graph_f.tensors[float_op.inputs[0]]))
-        if source is None or source.channel_sum is None:
+        shift = mean_shift(m_quant, op, m_float, float_ops, stats)
+        if shift is None:
             continue
-        shift = weight_error_shift(m_float, float_op, m_quant, op, source.channel_mean)
         bias_scale = np.asarray(bias.quantization.scale, dtype=np.float64)
         steps = np.rint(shift / bias_scale)
         values = tg.buffer_array(m_quant, bias).astype(np.int64) + steps.astype(np.int64)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from quantize.activation_stats import TensorStats
-from quantize.bias_correction import weight_error_shift
+from quantize.bias_correction import mean_shift
+from quantize.weight_ranges import int8_codes, max_abs_scales
 from runtime import tflite_graph as tg
 
 # CONV_2D's version for float input with per-channel int8 weights (what the converter's
@@ -37,10 +38,9 @@ def int8_weights(model: bytes, calibrated: bytes, stats: dict[str, TensorStats])
     op = convs[-1]
     weights = graph.tensors[op.inputs[1]]
     values = tg.buffer_array(m, weights).astype(np.float64)
-    scale = np.maximum(np.abs(values).reshape(len(values), -1).max(axis=1), 1e-30) / 127
+    scale = max_abs_scales(values)
     weights.type = tg.TYPE.INT8
-    tg.set_buffer(m, weights, np.clip(np.rint(values / scale[:, None, None, None]),
-                                      -127, 127))
+    tg.set_buffer(m, weights, int8_codes(values, scale))
     weights.quantization = tg.schema.QuantizationParametersT()
     weights.quantization.scale = scale.astype(np.float32).tolist()
     weights.quantization.zeroPoint = [0] * len(scale)
@@ -52,15 +52,10 @@ def int8_weights(model: bytes, calibrated: bytes, stats: dict[str, TensorStats])
 
 def _correct_bias(m, op, m_float, stats: dict[str, TensorStats]) -> None:
     """Add (W - W_q) E[x] to the layer's float bias, E[x] from the float graph."""
-    graph, graph_f = m.subgraphs[0], m_float.subgraphs[0]
-    name = tg.tensor_name(graph.tensors[op.outputs[0]])
-    float_op = next((f for f in graph_f.operators if tg.code(m_float, f) == tg.OP.CONV_2D
-                     and tg.tensor_name(graph_f.tensors[f.outputs[0]]) == name), None)
-    if float_op is None or len(op.inputs) < 3 or op.inputs[2] < 0:
+    if len(op.inputs) < 3 or op.inputs[2] < 0:
         return
-    source = stats.get(tg.tensor_name(graph_f.tensors[float_op.inputs[0]]))
-    if source is None or source.channel_sum is None:
+    shift = mean_shift(m, op, m_float, tg.ops_by_output(m_float, {tg.OP.CONV_2D}), stats)
+    if shift is None:
         return
-    shift = weight_error_shift(m_float, float_op, m, op, source.channel_mean)
-    bias = graph.tensors[op.inputs[2]]
+    bias = m.subgraphs[0].tensors[op.inputs[2]]
     tg.set_buffer(m, bias, tg.buffer_array(m, bias).astype(np.float64) + shift)

@@ -24,22 +24,29 @@ FRACTIONS = np.linspace(0.5, 1.0, 51)  # of max-abs: the candidate scales of eac
 _WEIGHTED = {tg.OP.CONV_2D, tg.OP.FULLY_CONNECTED}
 
 
+def max_abs_scales(weights: np.ndarray) -> np.ndarray:
+    """Per output channel (axis 0), the converter's int8 scale: the largest weight / 127."""
+    return np.maximum(np.abs(weights.reshape(len(weights), -1)).max(axis=1), 1e-30) / 127
+
+
+def int8_codes(weights: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """`weights` rounded to symmetric int8 on per-output-channel (axis 0) `scales`."""
+    shape = (-1,) + (1,) * (weights.ndim - 1)
+    return np.clip(np.rint(weights / scales.reshape(shape)), -127, 127)
+
+
 def mse_scales(weights: np.ndarray) -> np.ndarray:
     """Per output channel (axis 0), the int8 scale whose rounding of `weights` leaves
     the least squared error."""
     flat = weights.reshape(len(weights), -1).astype(np.float64)
-    top = np.maximum(np.abs(flat).max(axis=1), 1e-30) / 127
+    top = max_abs_scales(flat)
     best, best_error = top, np.full(len(flat), np.inf)
     for fraction in FRACTIONS:
         scale = fraction * top
-        error = ((flat - _rounded(flat, scale)) ** 2).sum(axis=1)
+        error = ((flat - int8_codes(flat, scale) * scale[:, None]) ** 2).sum(axis=1)
         better = error < best_error
         best, best_error = np.where(better, scale, best), np.where(better, error, best_error)
     return best
-
-
-def _rounded(flat: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(flat / scale[:, None]), -127, 127) * scale[:, None]
 
 
 def choose(calibrated: bytes) -> dict[str, np.ndarray]:
@@ -57,19 +64,17 @@ def apply(quantized: bytes, calibrated: bytes, scales: dict[str, np.ndarray]) ->
     weights on `scales`, and its int32 bias rescaled to keep its float value."""
     m, m_float = tg.load(quantized), tg.load(calibrated)
     graph, graph_f = m.subgraphs[0], m_float.subgraphs[0]
-    float_weights = {tg.tensor_name(graph_f.tensors[op.outputs[0]]): op.inputs[1]
-                     for op in graph_f.operators if tg.code(m_float, op) in _WEIGHTED}
+    float_ops = tg.ops_by_output(m_float, _WEIGHTED)
     for op in graph.operators:
         name = tg.tensor_name(graph.tensors[op.outputs[0]])
         weights = graph.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
         if (tg.code(m, op) not in _WEIGHTED or name not in scales
                 or weights.type != tg.TYPE.INT8 or len(weights.quantization.scale) < 2):
             continue
-        values = tg.buffer_array(m_float, graph_f.tensors[float_weights[name]])
+        values = tg.buffer_array(m_float, graph_f.tensors[float_ops[name].inputs[1]])
         new = scales[name].astype(np.float32)
         old = np.asarray(weights.quantization.scale, np.float64)
-        shape = (-1,) + (1,) * (values.ndim - 1)
-        tg.set_buffer(m, weights, np.clip(np.rint(values / new.reshape(shape)), -127, 127))
+        tg.set_buffer(m, weights, int8_codes(values, new))
         weights.quantization.scale = new.tolist()
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             _rescale_bias(m, graph.tensors[op.inputs[2]], old, new.astype(np.float64))

@@ -88,6 +88,14 @@ def set_buffer(model: schema.ModelT, tensor: schema.TensorT, values: np.ndarray)
     model.buffers[tensor.buffer].data = data
 
 
+def ops_by_output(model: schema.ModelT, builtins: set[int]) -> dict[str, schema.OperatorT]:
+    """The ops of those kinds by their output tensor's name, which the converter keeps from
+    a calibrated float graph to its quantized one: how a graph edit finds an op's twin."""
+    graph = model.subgraphs[0]
+    return {tensor_name(graph.tensors[op.outputs[0]]): op for op in graph.operators
+            if code(model, op) in builtins}
+
+
 def producers(graph: schema.SubGraphT) -> dict[int, schema.OperatorT]:
     """Tensor index to the op that writes it."""
     return {out: op for op in graph.operators for out in op.outputs}
