@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -179,7 +178,7 @@ def drift_images(args, card: dict, size, manifest: dict, held_out) -> tuple:
     if args.eval:
         images_ = eval_images(card, size, args.eval, args.eval_samples)
         return images_, f"{len(images_)} labelled images from {args.eval}"
-    folder = os.path.normpath(Path(args.run) / manifest["calibration"]["folder"])
+    folder = report.as_typed(Path(args.run), manifest["calibration"]["folder"])
     return held_out, (f"{len(held_out)} held-out images of {folder} (never used for "
                       "calibration)")
 

@@ -26,26 +26,30 @@ COLOURS = {"ours": "tab:blue", "keras": "tab:gray", "onnxruntime": "tab:orange",
            "openvino": "tab:purple"}
 
 
+def as_typed(run: Path, folder: str) -> str:
+    """A folder the manifest records relative to the run, as typed from where the bench
+    was started."""
+    return os.path.normpath(run / folder)
+
+
 def quantize_command(manifest: dict, run: Path) -> str:
     """The `make quantize` (or `make qat`, when the run has a qat variant) that made `run`,
     from its manifest (whose folders are relative to the run): the build options where
     the run built its float model, else MODEL=."""
-    def here(folder: str) -> str:  # as typed from where the bench was started
-        return os.path.normpath(run / folder)
     fm = manifest["float_model"]
     if fm["folder"] != "float":
-        source = f"MODEL={here(fm['folder'])}"
+        source = f"MODEL={as_typed(run, fm['folder'])}"
     else:
         h, w = fm["input_size"]
         source = (f"WEIGHTS={fm['weights']['source']} INPUT_SIZE={h if h == w else f'{h}x{w}'} "
                   f"DEPTH_MULTIPLIER={fm['depth_multiplier']} NUM_CLASSES={fm['num_classes']}")
-    calibration = f"CALIB={here(manifest['calibration']['folder'])} OUT={run}"
+    calibration = f"CALIB={as_typed(run, manifest['calibration']['folder'])} OUT={run}"
     qat = manifest["variants"].get("qat", {}).get("training")
     if not qat:
         return f"make quantize {source} {calibration}"
-    val = f" VAL={here(qat['val'])}" if qat.get("val") else ""
-    return (f"make qat {source} DATA={here(qat['data'])}{val} QAT_EPOCHS={qat['epochs']} "
-            f"{calibration}")
+    val = f" VAL={as_typed(run, qat['val'])}" if qat.get("val") else ""
+    return (f"make qat {source} DATA={as_typed(run, qat['data'])}{val} "
+            f"QAT_EPOCHS={qat['epochs']} {calibration}")
 
 
 def _peak_for(precision: str) -> str | None:
