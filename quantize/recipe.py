@@ -34,6 +34,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -103,79 +104,118 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     if recipe.mode not in MODES:
         raise ValueError(f"Unknown int8 mode {recipe.mode!r}; choose from {', '.join(MODES)}.")
     io_type = np.dtype(variant.integer_io).type
-    graph = graph_for(model, variant)
-    calibrated_graph = calibrated.calibrate(graph, variant,
-                                            representative_dataset(calibration, variant))
-    steps = []
-
-    def measure(step: str, candidate: bytes, score: dict | None = None, **extra) -> None:
-        score = score or held_out_drift(candidate, held_out, reference, num_threads)
-        steps.append({"step": step, **score, **extra})
-
-    measure("converter", calibrated.quantize(calibrated_graph, io_type))
-    logits = calibrated.logits_nodes(calibrated_graph) if recipe.float_logits else []
-
-    def quantize(source: bytes, extra_float: list[str] = ()) -> bytes:
-        return calibrated.quantize(source, io_type, [*logits, *extra_float],
-                                   float_output=recipe.float_logits)
-
-    if recipe.float_logits:
-        measure("float logits", quantize(calibrated_graph))
-    if recipe.equalization:
-        equalized, count = equalization.equalize(model, calibration[:STATS_IMAGES])
-        calibrated_graph = calibrated.calibrate(graph_for(equalized, variant), variant,
-                                                representative_dataset(calibration, variant))
-        logits = calibrated.logits_nodes(calibrated_graph) if recipe.float_logits else []
-        measure(f"equalization ({count} tensors)", quantize(calibrated_graph))
+    steps = _Steps(held_out, reference, num_threads)
+    calibrated_graph = _calibrated(model, variant, calibration, recipe, io_type, steps)
+    quantize = _quantizer(calibrated_graph, io_type, recipe)
     stats = activation_stats.collect(
         calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads or 1)
-    scales = weight_ranges.choose(calibrated_graph) if recipe.weight_ranges else {}
-
-    def weighted(quantized: bytes, ranged: bytes) -> bytes:
-        return weight_ranges.apply(quantized, ranged, scales) if scales else quantized
-
-    def bias_corrected(quantized: bytes, ranged: bytes) -> bytes:
-        if not recipe.bias_correction:
-            return quantized
-        return bias_correction.correct(quantized, ranged, stats)[0]
-
-    def correct(quantized: bytes, ranged: bytes) -> bytes:
-        """Steps 5 and 6 on a freshly quantized graph: as it will ship."""
-        return bias_corrected(weighted(quantized, ranged), ranged)
-
+    fix = _Corrections(weight_ranges.choose(calibrated_graph) if recipe.weight_ranges else {},
+                       stats, recipe.bias_correction)
     if calibration_reference is None:
         calibration_reference = float_model.keras_logits(model, calibration)
     # Chosen on the calibration images too: three hundred images rank the methods as the
     # validation split does where the hundred held out alone do not.
     method, ranged, cpu = _choose_ranges(
-        calibrated_graph, stats, recipe, quantize, correct,
+        calibrated_graph, stats, recipe, quantize, fix,
         np.concatenate([calibration, held_out]),
         np.concatenate([calibration_reference, reference]), num_threads)
-    measure(f"ranges ({method})", cpu)
-    if scales:
-        cpu = weighted(cpu, ranged)
-        measure("weight ranges (MSE)", cpu)
-    if recipe.bias_correction:
-        cpu = bias_corrected(cpu, ranged)
-        measure("bias correction", cpu)
-    # The all-integer graph's 8-bit logits: their steps spent on the classes that decide
-    # the answer (fewer ties between the two best).
-    answer = ranges.answer_range(calibration_reference)
-    integer_ranged = calibrated.with_ranges(
-        ranged, {name: answer for name in calibrated.logits_nodes(ranged)})
-    integer = correct(calibrated.quantize(integer_ranged, io_type), integer_ranged)
+    steps.measure(f"ranges ({method})", cpu)
+    cpu = fix.measured(cpu, ranged, steps)
+    integer = _integer_graph(ranged, calibration_reference, io_type, fix)
     float_layers: list[dict] = []
     if recipe.mode == "fallback":
         from quantize import fallback
         cpu, float_layers = fallback.search(
-            ranged, lambda layers: correct(quantize(ranged, layers), ranged), cpu, steps[-1],
-            recipe, held_out, variant,
-            lambda candidate: held_out_drift(candidate, held_out, reference, num_threads))
-        measure(f"float fallback ({len(float_layers)} layers)", cpu, layers=float_layers)
+            ranged, lambda layers: fix(quantize(ranged, layers), ranged), cpu, steps.rows[-1],
+            recipe, held_out, variant, steps.score)
+        steps.measure(f"float fallback ({len(float_layers)} layers)", cpu, layers=float_layers)
     if recipe.float_logits and recipe.int8_logits_weights:
         cpu = logits_weights.int8_weights(cpu, ranged, stats)
-        measure("logits layer: int8 weights", cpu)
-    return Int8Model(cpu, integer, ranged, steps, method, float_layers)
+        steps.measure("logits layer: int8 weights", cpu)
+    return Int8Model(cpu, integer, ranged, steps.rows, method, float_layers)
+
+
+@dataclass
+class _Steps:
+    """The recipe's table: each step's model scored on the held-out images."""
+    held_out: np.ndarray
+    reference: np.ndarray
+    num_threads: int | None
+    rows: list[dict] = field(default_factory=list)
+
+    def score(self, candidate: bytes) -> dict:
+        return held_out_drift(candidate, self.held_out, self.reference, self.num_threads)
+
+    def measure(self, step: str, candidate: bytes, **extra) -> None:
+        self.rows.append({"step": step, **self.score(candidate), **extra})
+
+
+def _quantizer(calibrated_graph: bytes, io_type, recipe: Recipe):
+    """quantize(graph, extra float nodes): the recipe's quantization of a graph calibrated
+    as `calibrated_graph` (its logits layer float when the recipe says so)."""
+    logits = calibrated.logits_nodes(calibrated_graph) if recipe.float_logits else []
+
+    def quantize(source: bytes, extra_float: Sequence[str] = ()) -> bytes:
+        return calibrated.quantize(source, io_type, [*logits, *extra_float],
+                                   float_output=recipe.float_logits)
+    return quantize
+
+
+def _calibrated(model, variant: Variant, calibration: np.ndarray, recipe: Recipe, io_type,
+                steps: _Steps) -> bytes:
+    """Steps 1-3: the calibrated graph the later steps start from (equalized when the
+    recipe says so), each step's model measured on the way."""
+    representative = representative_dataset(calibration, variant)
+    graph = calibrated.calibrate(graph_for(model, variant), variant, representative)
+    steps.measure("converter", calibrated.quantize(graph, io_type))
+    if recipe.float_logits:
+        steps.measure("float logits", _quantizer(graph, io_type, recipe)(graph))
+    if recipe.equalization:
+        equalized, count = equalization.equalize(model, calibration[:STATS_IMAGES])
+        graph = calibrated.calibrate(graph_for(equalized, variant), variant, representative)
+        steps.measure(f"equalization ({count} tensors)", _quantizer(graph, io_type, recipe)(graph))
+    return graph
+
+
+@dataclass
+class _Corrections:
+    """Steps 5 and 6, weight ranges then bias correction, as every graph the recipe ships
+    (or tries) gets them after the converter has quantized it."""
+    scales: dict[str, np.ndarray]
+    stats: dict
+    bias_correction: bool
+
+    def weighted(self, quantized: bytes, ranged: bytes) -> bytes:
+        return weight_ranges.apply(quantized, ranged, self.scales) if self.scales else quantized
+
+    def bias_corrected(self, quantized: bytes, ranged: bytes) -> bytes:
+        if not self.bias_correction:
+            return quantized
+        return bias_correction.correct(quantized, ranged, self.stats)[0]
+
+    def __call__(self, quantized: bytes, ranged: bytes) -> bytes:
+        return self.bias_corrected(self.weighted(quantized, ranged), ranged)
+
+    def measured(self, quantized: bytes, ranged: bytes, steps: _Steps) -> bytes:
+        """The same two steps, each measured."""
+        if self.scales:
+            quantized = self.weighted(quantized, ranged)
+            steps.measure("weight ranges (MSE)", quantized)
+        if self.bias_correction:
+            quantized = self.bias_corrected(quantized, ranged)
+            steps.measure("bias correction", quantized)
+        return quantized
+
+
+def _integer_graph(ranged: bytes, calibration_reference: np.ndarray, io_type,
+                   fix: _Corrections) -> bytes:
+    """The all-integer graph (Edge TPU, integer-only accelerators). Its 8-bit logits get
+    their steps spent on the classes that decide the answer (fewer ties between the two
+    best)."""
+    answer = ranges.answer_range(calibration_reference)
+    integer_ranged = calibrated.with_ranges(
+        ranged, {name: answer for name in calibrated.logits_nodes(ranged)})
+    return fix(calibrated.quantize(integer_ranged, io_type), integer_ranged)
 
 
 def _choose_ranges(calibrated_graph: bytes, stats, recipe: Recipe, quantize, correct,
