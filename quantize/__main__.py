@@ -51,7 +51,7 @@ def parse_args(argv):
     q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat variant")
     q.add_argument("--qat-val", help="validation folder for QAT")
     q.add_argument("--qat-epochs", type=cli.positive_int, default=2)
-    q.add_argument("--qat-learning-rate", type=cli.float_in(0.0, 1.0, low_open=True), default=1e-5)
+    q.add_argument("--qat-learning-rate", type=cli.float_in(0.0, 1.0, low_open=True), default=3e-7)
     q.add_argument("--qat-no-flip", action="store_true")
     q.add_argument("--workers", type=cli.positive_int, default=1,
                    help="local worker processes for QAT (tf.distribute "
