@@ -2,13 +2,15 @@
 
 Each `python -m ...` entry point runs its `main` through `run`: an `InputError` from any
 stage (or an OS error on a path the user gave) becomes `error: ...` and exit status 2,
-Ctrl-C becomes one line and 130, and a reader that closes the pipe (`... | head`) ends
-the command quietly. A failed check (a gate) is the command's own exit status 1.
+Ctrl-C becomes one line and 130, a crash in native code prints the Python stack it came
+from, and a reader that closes the pipe (`... | head`) ends the command quietly. A failed
+check (a gate) is the command's own exit status 1.
 Option types reject out-of-range numbers at parse time, before any work starts.
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import math
 import os
 import signal
@@ -35,6 +37,9 @@ def run(main: Main, argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up as Ctrl-C does
+    # A crash inside native code (TensorFlow, LiteRT) prints the Python stack it came from,
+    # so a report of one says where.
+    faulthandler.enable()
     try:
         return main(argv)
     except InputError as error:

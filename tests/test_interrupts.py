@@ -129,3 +129,16 @@ def test_interrupted_training_keeps_only_its_checkpoint_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Resuming from epoch" in done.stdout
     assert (out / "model_card.json").is_file() and leftovers(tmp_path) == []
+
+
+def test_a_crash_in_native_code_says_where_it_came_from():
+    # A segfault inside TensorFlow or LiteRT gives no Python traceback of its own; the
+    # commands' edge (runtime/cli.py) turns on faulthandler so the report names the stack.
+    code = ("import ctypes; from runtime import cli\n"
+            "def main(argv):\n    return ctypes.string_at(0)\n"
+            "cli.run(main, [])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in done.stderr
+    assert 'line 3 in main' in done.stderr
