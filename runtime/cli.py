@@ -37,9 +37,7 @@ def run(main: Main, argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up as Ctrl-C does
-    # A crash inside native code (TensorFlow, LiteRT) prints the Python stack it came from,
-    # so a report of one says where.
-    faulthandler.enable()
+    _report_crashes()
     try:
         return main(argv)
     except InputError as error:
@@ -56,6 +54,15 @@ def run(main: Main, argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _report_crashes() -> None:
+    """A crash inside native code (TensorFlow, LiteRT) prints the Python stack it came
+    from, so a report of one says where; unless stderr is no file (captured in-process)."""
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError):  # io.UnsupportedOperation is a ValueError
+        pass
 
 
 def _interrupt(signum, frame) -> None:
