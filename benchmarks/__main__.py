@@ -246,7 +246,7 @@ def _bench(args, argv: list[str]) -> int:
 def model_info(model, card: dict, run: Path) -> dict:
     return {"input_size": list(card["input_size"]),
             "depth_multiplier": card["depth_multiplier"],
-            "num_classes": card["num_classes"], "weights": card["weights"]["source"],
+            "num_classes": card["num_classes"], "weights": float_model.weights_summary(card),
             "multiply_adds": float_model.multiply_adds(float_model.logits_model(model)),
             "run": str(run)}
 

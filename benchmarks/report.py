@@ -216,7 +216,7 @@ def _method_lines(results: dict) -> list[str]:
     return [f"# Benchmark: {results['name']}", "",
             f"InceptionV3 {'x'.join(map(str, model['input_size']))}, depth multiplier "
             f"{model['depth_multiplier']}, {model['num_classes']} classes, weights "
-            f"`{model['weights']}`, {model['multiply_adds'] / 1e9:.2f} G multiply-adds. "
+            f"{model['weights']}, {model['multiply_adds'] / 1e9:.2f} G multiply-adds. "
             f"Measured {results['created']}.", "",
             f"- CPU class: **{m.get('cpu_class', m['architecture'])}**",
             f"- CPU: {m['cpu_model']} ({m['architecture']}), {m['usable_cpus']} usable "

@@ -128,6 +128,17 @@ def model_card(model: keras.Model, config: BuildConfig, info: WeightsInfo,
     return card
 
 
+def weights_summary(card: dict) -> str:
+    """What a report's reader needs to know of the weights: a model trained here from
+    random weights says how (its card's `weights.source` alone would read `random`)."""
+    training = card.get("training")
+    if not training:
+        return f"`{card['weights']['source']}`"
+    return (f"trained from `{card['weights']['source']}` ({training['epochs']} epochs on "
+            f"{training['train_images']} images of `{training['data']}`; top-1 "
+            f"{100 * training['val_top1']:.2f} % on {training['val_images']} of `{training['val']}`)")
+
+
 def save(model: keras.Model, card: dict, out_dir: str | Path) -> Path:
     """Write the model and its card into `out_dir`, all or nothing."""
     with staged_outputs(out_dir) as staging:

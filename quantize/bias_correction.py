@@ -54,9 +54,10 @@ def mean_shift(m_quant, op, m_float, float_ops: dict, stats: dict[str, TensorSta
     return weight_error_shift(m_float, float_op, m_quant, op, source.channel_mean)
 
 
-def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats]
-            ) -> tuple[bytes, dict]:
-    """`quantized` with every int8 convolution's bias corrected; and what changed."""
+def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats],
+            skip: frozenset[str] = frozenset()) -> tuple[bytes, dict]:
+    """`quantized` with every int8 convolution's bias corrected but those whose output is
+    named in `skip`; and what changed."""
     m_quant, m_float = tg.load(quantized), tg.load(calibrated)
     graph_q = m_quant.subgraphs[0]
     float_ops = tg.ops_by_output(m_float, _WEIGHTED)
@@ -65,7 +66,8 @@ def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats]
         if tg.code(m_quant, op) not in _WEIGHTED or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         weights, bias = graph_q.tensors[op.inputs[1]], graph_q.tensors[op.inputs[2]]
-        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32:
+        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32 or \
+                tg.tensor_name(graph_q.tensors[op.outputs[0]]) in skip:
             continue
         shift = mean_shift(m_quant, op, m_float, float_ops, stats)
         if shift is None:

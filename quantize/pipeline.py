@@ -254,6 +254,7 @@ def write_outputs(stage: Path, config: QuantizeConfig, card: dict, data: RunData
         "float_model": {"folder": _relative(config.float_dir, config.out),
                         "sha256": card["files"],
                         "weights": card["weights"], "input_size": card["input_size"],
+                        "weights_summary": float_model.weights_summary(card),
                         "num_classes": card["num_classes"],
                         "depth_multiplier": card["depth_multiplier"]},
         "preprocessing": preprocessing.describe(),

@@ -29,6 +29,8 @@ so a larger rate mostly adds noise); hence the small default.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from build import distributed, float_model
@@ -36,9 +38,10 @@ from build.inception_v3 import fold_batch_norm
 from build.keras_env import keras, tf
 from build.train import TrainConfig, datasets, load_training_data
 from build.weights import short_name
-from quantize import equalization, ranges, weight_ranges
+from quantize import equalization, ranges, weight_ranges, weight_rounding
 from quantize.activation_stats import TensorStats
 from quantize.recipe import STATS_IMAGES
+from runtime import tflite_graph as tg
 from runtime.preprocessing import normalize
 
 
@@ -165,27 +168,53 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
 
 
 def _start_weights(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -> None:
-    """Each kernel's range, per output channel, at its MSE scale (quantize/weight_ranges.py)
-    and its bias corrected for the rounding by (W - W_q) E[x], E[x] the float input's
-    channel means on `pixels` (quantize/bias_correction.py's rule): the weights the
-    recipe's int8 has, which training then starts from."""
+    """Each kernel's range, per output channel, at its MSE scale (quantize/weight_ranges.py),
+    and the kernel itself on that int8 grid as GPTQ rounds it (quantize/weight_rounding.py;
+    its biases stay, as the recipe's do): the weights the recipe's int8 has, which
+    training then starts from."""
     wrapped = [(layer, {short_name(w.name): w for w in layer.weights}) for layer in qat.layers]
     wrapped = [(layer, names) for layer, names in wrapped if "kernel_min" in names]
-    probe = keras.Model(model.inputs,
-                        [model.get_layer(layer.layer.name).input for layer, _ in wrapped])
-    for (_, names), mean in zip(wrapped, _channel_means(probe, pixels)):
-        kernel = names["kernel"].numpy().astype(np.float64)  # ..., inputs, outputs
-        by_output = np.moveaxis(kernel, -1, 0)
+    convs = [model.get_layer(layer.layer.name) for layer, _ in wrapped]
+    probe = keras.Model(model.inputs, [conv.input for conv in convs])
+    for (_, names), correlation in zip(wrapped, _input_correlations(probe, convs, pixels)):
+        by_output = np.moveaxis(names["kernel"].numpy().astype(np.float64), -1, 0)
         scales = weight_ranges.mse_scales(by_output)
         shape = (-1,) + (1,) * (by_output.ndim - 1)
-        rounded = np.moveaxis(weight_ranges.int8_codes(by_output, scales)
-                              * scales.reshape(shape), 0, -1)
+        rounded = weight_rounding.gptq_codes(by_output, correlation, scales) * scales.reshape(shape)
+        names["kernel"].assign(np.moveaxis(rounded, 0, -1).astype(np.float32))
         names["kernel_min"].assign((-127 * scales).astype(np.float32))
         names["kernel_max"].assign((127 * scales).astype(np.float32))
-        if "bias" in names:
-            error = (kernel - rounded) * mean[:, None]  # ..., inputs, outputs
-            shift = error.reshape(-1, error.shape[-1]).sum(axis=0)
-            names["bias"].assign((names["bias"].numpy() + shift).astype(np.float32))
+
+
+@dataclass
+class _ConvOptions:
+    """A Keras convolution's geometry as weight_rounding.conv_patches reads it (TFLite's
+    option names: Keras' 'same' is TFLite's SAME)."""
+    strideH: int
+    strideW: int
+    dilationHFactor: int
+    dilationWFactor: int
+    padding: int
+
+    @classmethod
+    def of(cls, conv) -> "_ConvOptions":
+        padding = tg.PADDING.SAME if conv.padding == "same" else tg.PADDING.VALID
+        return cls(*conv.strides, *conv.dilation_rate, padding)
+
+
+def _input_correlations(probe: keras.Model, convs: list, pixels: np.ndarray
+                        ) -> list[np.ndarray]:
+    """Each convolution's input correlation (GPTQ's H) over `pixels`, the probe's outputs
+    being the convolutions' inputs."""
+    correlations = [weight_rounding.Correlation() for _ in convs]
+    options = [(_ConvOptions.of(conv), tuple(conv.kernel_size)) for conv in convs]
+    rng = np.random.default_rng(0)
+    for outputs in _batches(probe, pixels):
+        for correlation, o, (option, kernel) in zip(correlations, outputs, options):
+            for image in o:
+                correlation.add(weight_rounding.conv_patches(
+                    image[np.newaxis], option, kernel, weight_rounding.PATCHES_PER_IMAGE, rng))
+    return [correlation.total() for correlation in correlations]
 
 
 def _batches(probe: keras.Model, pixels: np.ndarray, batch: int = 32):
@@ -212,17 +241,6 @@ def _activation_stats(probe: keras.Model, names: list[str], keep: list[str],
         for name, o in zip(names, outputs):
             stats[name].add(o)
     return stats, {name: np.concatenate(values) for name, values in kept.items()}
-
-
-def _channel_means(probe: keras.Model, pixels: np.ndarray) -> list[np.ndarray]:
-    """Each output's mean per channel (last axis) over `pixels`."""
-    sums, counts = None, None
-    for outputs in _batches(probe, pixels):
-        flat = [o.reshape(-1, o.shape[-1]) for o in outputs]
-        batch = [f.sum(axis=0, dtype=np.float64) for f in flat]
-        sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
-        counts = [len(f) + (counts[i] if counts else 0) for i, f in enumerate(flat)]
-    return [total / count for total, count in zip(sums, counts)]
 
 
 def _activation_quantizers(qat: keras.Model) -> tuple[dict, list[str]]:

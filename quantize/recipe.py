@@ -19,15 +19,18 @@ against the float model so the report says what each bought:
    on the calibration and held-out images (lowest KL divergence of the softmax) is kept;
 5. `weight ranges`: each output channel's int8 weight scale chosen by its rounding error
    (quantize/weight_ranges.py), not the converter's largest weight;
-6. `bias correction` of every int8 convolution (quantize/bias_correction.py);
-7. with `mode="fallback"` only, since float layers cost latency: the layers the
+6. `weight rounding`: on those scales, each convolution's weights rounded by GPTQ, so that
+   rounding errors cancel on the inputs the layer sees (quantize/weight_rounding.py);
+7. `bias correction` of every int8 convolution GPTQ did not round
+   (quantize/bias_correction.py);
+8. with `mode="fallback"` only, since float layers cost latency: the layers the
    quantization debugger ranks worst go back to float, one at a time, until the held-out
    agreement reaches `fallback_target` (quantize/fallback.py);
-8. `logits layer: int8 weights`: the float logits layer's weights stored as int8, its input
+9. `logits layer: int8 weights`: the float logits layer's weights stored as int8, its input
    quantized per image by the interpreter and its output still float
    (quantize/logits_weights.py): at 1000 classes a quarter smaller and a little faster.
 
-Steps 1-6 and 8 cost no latency: the default (`mode="fast"`).
+Steps 1-7 and 9 cost no latency: the default (`mode="fast"`).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ import numpy as np
 
 from build import float_model
 from quantize import (activation_stats, bias_correction, calibrated, drift, equalization,
-                      logits_weights, ranges, weight_ranges)
+                      logits_weights, ranges, weight_ranges, weight_rounding)
 from quantize.variants import Variant, graph_for, graph_inputs, representative_dataset
 from runtime.classify import Classifier
 from runtime import tflite_graph as tg
@@ -66,6 +69,7 @@ class Recipe:
     equalization: bool = True
     range_method: str = "auto"      # one of ranges.METHODS, or auto: the best measured
     weight_ranges: bool = True      # per-channel weight scales by MSE, not max-abs
+    weight_rounding: bool = True    # GPTQ on those scales, not round-to-nearest
     bias_correction: bool = True
     fallback_target: float = 0.999  # held-out top-1 agreement that fallback aims for
     fallback_max_layers: int = 8
@@ -109,8 +113,7 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     quantize = _quantizer(calibrated_graph, io_type, recipe)
     stats = activation_stats.collect(
         calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads or 1)
-    fix = _Corrections(weight_ranges.choose(calibrated_graph) if recipe.weight_ranges else {},
-                       stats, recipe.bias_correction)
+    fix = _corrections(calibrated_graph, calibration, variant, recipe, stats, num_threads or 1)
     if calibration_reference is None:
         calibration_reference = float_model.keras_logits(model, calibration)
     # Chosen on the calibration images too: three hundred images rank the methods as the
@@ -179,32 +182,57 @@ def _calibrated(model, variant: Variant, calibration: np.ndarray, recipe: Recipe
 
 @dataclass
 class _Corrections:
-    """Steps 5 and 6, weight ranges then bias correction, as every graph the recipe ships
-    (or tries) gets them after the converter has quantized it."""
-    scales: dict[str, np.ndarray]
+    """Steps 5-7, weight ranges, weight rounding and bias correction, as every graph the
+    recipe ships (or tries) gets them after the converter has quantized it."""
+    scales: dict[str, np.ndarray]   # per-channel weight scales; {}: the converter's
     stats: dict
     bias_correction: bool
+    codes: dict[str, np.ndarray] | None = None  # GPTQ's rounding; None: to nearest
+    mse_scales: bool = True
 
-    def weighted(self, quantized: bytes, ranged: bytes) -> bytes:
-        return weight_ranges.apply(quantized, ranged, self.scales) if self.scales else quantized
-
-    def bias_corrected(self, quantized: bytes, ranged: bytes) -> bytes:
-        if not self.bias_correction:
+    def weighted(self, quantized: bytes, ranged: bytes, gptq: bool = True) -> bytes:
+        if not self.scales:
             return quantized
-        return bias_correction.correct(quantized, ranged, self.stats)[0]
+        return weight_ranges.apply(quantized, ranged, self.scales,
+                                   self.codes if gptq else None)
+
+    def bias_corrected(self, quantized: bytes, ranged: bytes) -> tuple[bytes, int]:
+        """The layers GPTQ rounded keep their bias: its H = E[x x^T] holds the mean, and
+        bias correction's rule (every tap sees its channel's mean) does not hold at the
+        taps that read padding, where GPTQ may move a weight far."""
+        if not self.bias_correction:
+            return quantized, 0
+        corrected, info = bias_correction.correct(quantized, ranged, self.stats,
+                                                  frozenset(self.codes or ()))
+        return corrected, info["layers"]
 
     def __call__(self, quantized: bytes, ranged: bytes) -> bytes:
-        return self.bias_corrected(self.weighted(quantized, ranged), ranged)
+        return self.bias_corrected(self.weighted(quantized, ranged), ranged)[0]
 
     def measured(self, quantized: bytes, ranged: bytes, steps: _Steps) -> bytes:
-        """The same two steps, each measured."""
-        if self.scales:
-            quantized = self.weighted(quantized, ranged)
-            steps.measure("weight ranges (MSE)", quantized)
-        if self.bias_correction:
-            quantized = self.bias_corrected(quantized, ranged)
-            steps.measure("bias correction", quantized)
+        """The same steps, each measured."""
+        if self.scales and self.mse_scales:
+            steps.measure("weight ranges (MSE)", self.weighted(quantized, ranged, gptq=False))
+        if self.scales and self.codes is not None:
+            steps.measure("weight rounding (GPTQ)", self.weighted(quantized, ranged))
+        quantized = self.weighted(quantized, ranged)
+        quantized, corrected = self.bias_corrected(quantized, ranged)
+        if corrected:
+            steps.measure(f"bias correction ({corrected} layers)", quantized)
         return quantized
+
+
+def _corrections(calibrated_graph: bytes, calibration: np.ndarray, variant: Variant,
+                 recipe: Recipe, stats: dict, num_threads: int) -> _Corrections:
+    """Steps 5-7 as the recipe asks for them, measured on `calibrated_graph`."""
+    rounding = recipe.weight_rounding
+    scales = weight_ranges.choose(calibrated_graph, mse=recipe.weight_ranges) \
+        if recipe.weight_ranges or rounding else {}
+    codes = None
+    if rounding:
+        codes = weight_rounding.rounded(calibrated_graph, scales, weight_rounding.input_correlations(
+            calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads))
+    return _Corrections(scales, stats, recipe.bias_correction, codes, recipe.weight_ranges)
 
 
 def _integer_graph(ranged: bytes, calibration_reference: np.ndarray, io_type,

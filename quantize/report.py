@@ -169,7 +169,8 @@ def _header_lines(report: dict) -> list[str]:
                   "are near-uniform, so top-1 agreement says little.", ""]
     parts += [
         f"Float model: InceptionV3 {h}x{w}, {fm['num_classes']} classes, depth multiplier "
-        f"{fm['depth_multiplier']}, weights `{fm['weights']['source']}`.",
+        f"{fm['depth_multiplier']}, weights "
+        f"{fm['weights_summary']}.",
         f"Calibration: {report['calibration']['images']} images from "
         f"`{report['calibration']['folder']}` ({report['calibration']['skipped']} skipped). "
         f"Drift against the float Keras model on {report['held_out']['images']} held-out "

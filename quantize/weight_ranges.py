@@ -49,19 +49,22 @@ def mse_scales(weights: np.ndarray) -> np.ndarray:
     return best
 
 
-def choose(calibrated: bytes) -> dict[str, np.ndarray]:
-    """The MSE scales of every convolution's float weights in the calibrated graph, by the
-    name of the op's output (which the quantized graph keeps)."""
+def choose(calibrated: bytes, mse: bool = True) -> dict[str, np.ndarray]:
+    """The MSE (or the converter's max-abs) scales of every convolution's float weights in
+    the calibrated graph, by the name of the op's output (which the quantized graph keeps)."""
     m = tg.load(calibrated)
     graph = m.subgraphs[0]
+    scales = mse_scales if mse else max_abs_scales
     return {tg.tensor_name(graph.tensors[op.outputs[0]]):
-            mse_scales(tg.buffer_array(m, graph.tensors[op.inputs[1]]))
+            scales(tg.buffer_array(m, graph.tensors[op.inputs[1]]))
             for op in graph.operators if tg.code(m, op) in _WEIGHTED}
 
 
-def apply(quantized: bytes, calibrated: bytes, scales: dict[str, np.ndarray]) -> bytes:
+def apply(quantized: bytes, calibrated: bytes, scales: dict[str, np.ndarray],
+          codes: dict[str, np.ndarray] | None = None) -> bytes:
     """`quantized` with each per-channel int8 weight tensor rounded again from the float
-    weights on `scales`, and its int32 bias rescaled to keep its float value."""
+    weights on `scales` (to nearest, or as `codes` has them: quantize/weight_rounding.py),
+    and its int32 bias rescaled to keep its float value."""
     m, m_float = tg.load(quantized), tg.load(calibrated)
     graph, graph_f = m.subgraphs[0], m_float.subgraphs[0]
     float_ops = tg.ops_by_output(m_float, _WEIGHTED)
@@ -74,7 +77,8 @@ def apply(quantized: bytes, calibrated: bytes, scales: dict[str, np.ndarray]) ->
         values = tg.buffer_array(m_float, graph_f.tensors[float_ops[name].inputs[1]])
         new = scales[name].astype(np.float32)
         old = np.asarray(weights.quantization.scale, np.float64)
-        tg.set_buffer(m, weights, int8_codes(values, new))
+        tg.set_buffer(m, weights, codes[name] if codes and name in codes
+                      else int8_codes(values, new))
         weights.quantization.scale = new.tolist()
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             _rescale_bias(m, graph.tensors[op.inputs[2]], old, new.astype(np.float64))

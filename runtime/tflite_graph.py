@@ -12,6 +12,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 OP = schema.BuiltinOperator
 TYPE = schema.TensorType
+PADDING = schema.Padding
 OP_NAMES = {v: k for k, v in vars(OP).items() if not k.startswith("_")}
 TYPE_NAMES = {v: k.lower() for k, v in vars(TYPE).items() if not k.startswith("_")}
 NUMPY_TYPES = {TYPE.FLOAT32: np.float32, TYPE.INT8: np.int8, TYPE.UINT8: np.uint8,
