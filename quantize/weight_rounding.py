@@ -81,27 +81,28 @@ def input_correlations(calibrated: bytes, samples: np.ndarray, num_threads: int 
 
 
 class Correlation:
-    """sum x x^T over rows added a few at a time, multiplied in batches of at least
-    FLUSH_ROWS rows (a late layer gives a few rows per image: one product each would
-    spend its time on the K x K sum, not the product)."""
-    FLUSH_ROWS = 8192
+    """sum x x^T over rows added a few at a time, multiplied in batches of about
+    FLUSH_VALUES values (a late layer gives a few rows per image: one product each would
+    spend its time on the K x K sum, not the product; a cap in values, not rows, keeps
+    what waits for all layers of InceptionV3 at 299x299 under a gigabyte)."""
+    FLUSH_VALUES = 2 ** 21
 
     def __init__(self) -> None:
         self.pending: list[np.ndarray] = []
-        self.count = 0
+        self.values = 0
         self.sum: np.ndarray | float = 0.0
 
     def add(self, rows: np.ndarray) -> None:
         self.pending.append(rows.astype(np.float32))
-        self.count += len(rows)
-        if self.count >= self.FLUSH_ROWS:
+        self.values += rows.size
+        if self.values >= self.FLUSH_VALUES:
             self._flush()
 
     def _flush(self) -> None:
         if self.pending:
             rows = np.concatenate(self.pending)
             self.sum = self.sum + (rows.T @ rows).astype(np.float64)
-        self.pending, self.count = [], 0
+        self.pending, self.values = [], 0
 
     def total(self) -> np.ndarray:
         self._flush()
