@@ -24,6 +24,7 @@ MIN_AGREEMENT ?=
 INT8_MODE ?= fast
 FALLBACK_TARGET ?= 99.9
 EQUALIZE ?= 1
+GPTQ ?= 1
 MODEL ?=
 INT8_POOLS ?= float
 QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALIB_SAMPLES) \
@@ -31,6 +32,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MIN_AGREEMENT),--min-agreement $(MIN_AGREEMENT)) \
 	--int8-mode $(INT8_MODE) --fallback-target $(FALLBACK_TARGET) $(if $(filter 0,$(EQUALIZE)),--no-equalize) \
+	$(if $(filter 0,$(GPTQ)),--no-gptq) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 
 .PHONY: setup setup-peers setup-tflite-runtime test test-fast build train reference quantize qat eval test-arm bundle bench bench-arm clean

@@ -42,6 +42,9 @@ def parse_args(argv):
     p.add_argument("--no-equalize", action="store_true",
                    help="skip the equalization of activation channels before calibrating "
                         "(quantize/equalization.py)")
+    p.add_argument("--no-gptq", action="store_true",
+                   help="round weights to nearest instead of by GPTQ (quantize/weight_rounding.py): "
+                        "a faster build, more flipped answers")
     p.add_argument("--no-layer-errors", action="store_true")
     p.add_argument("--threads", type=cli.positive_int)
     p.add_argument("--integer-pools", action="store_true",
@@ -116,7 +119,8 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         num_threads=args.threads, float_pools=not args.integer_pools,
         min_agreement=args.min_agreement,
         recipe=recipe.Recipe(mode=args.int8_mode, fallback_target=args.fallback_target / 100,
-                             equalization=not args.no_equalize))
+                             equalization=not args.no_equalize,
+                             weight_rounding=not args.no_gptq))
 
 
 def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:

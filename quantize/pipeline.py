@@ -164,6 +164,7 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
             "weight_ranges": config.recipe.weight_ranges,
             "bias_correction": config.recipe.bias_correction,
             "equalization": config.recipe.equalization,
+            "weight_rounding": "gptq" if config.recipe.weight_rounding else "nearest",
             "float_layers": [{k: v for k, v in e.items() if k != "node"}
                              for e in int8.float_layers] if cpu_file else [],
             "steps": int8.steps})
