@@ -45,15 +45,22 @@ class TensorStats:
         return self.channel_sum / max(self.values_per_channel, 1)
 
 
-def collect(calibrated: bytes, samples: np.ndarray, num_threads: int = 1
-            ) -> dict[str, TensorStats]:
-    """Statistics of every calibrated activation over `samples` (N x H x W x C inputs)."""
+def inspecting_interpreter(model: bytes, num_threads: int = 1):
+    """An interpreter, tensors allocated, on LiteRT's built-in kernels with every
+    intermediate tensor kept for reading (XNNPACK would fuse them away)."""
     module = interpreter_module()
     interpreter = module.Interpreter(
-        model_content=calibrated, num_threads=num_threads,
+        model_content=model, num_threads=num_threads,
         experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def collect(calibrated: bytes, samples: np.ndarray, num_threads: int = 1
+            ) -> dict[str, TensorStats]:
+    """Statistics of every calibrated activation over `samples` (N x H x W x C inputs)."""
+    interpreter = inspecting_interpreter(calibrated, num_threads)
     ranges = activation_ranges(calibrated)
     tensors = {d["name"]: d["index"] for d in interpreter.get_tensor_details()
                if d["name"] in ranges}

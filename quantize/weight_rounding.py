@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from quantize.activation_stats import inspecting_interpreter
 from runtime import tflite_graph as tg
-from runtime.interpreter import interpreter_module
 
 DAMPING = 0.01          # of H's mean diagonal, added to it: GPTQ's default
 BLOCK = 128             # columns updated at once (lazy batch updates; same result)
@@ -61,12 +61,7 @@ def input_correlations(calibrated: bytes, samples: np.ndarray, num_threads: int 
     graph = m.subgraphs[0]
     convs = {tg.tensor_name(graph.tensors[op.outputs[0]]): op for op in graph.operators
              if tg.code(m, op) == tg.OP.CONV_2D}
-    module = interpreter_module()
-    interpreter = module.Interpreter(
-        model_content=calibrated, num_threads=num_threads,
-        experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
+    interpreter = inspecting_interpreter(calibrated, num_threads)
     input_index = interpreter.get_input_details()[0]["index"]
     rng = np.random.default_rng(seed)
     sums = {name: Correlation() for name in convs}
