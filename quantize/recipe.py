@@ -224,7 +224,8 @@ class _Corrections:
 
 def _corrections(calibrated_graph: bytes, calibration: np.ndarray, variant: Variant,
                  recipe: Recipe, stats: dict, num_threads: int) -> _Corrections:
-    """Steps 5-7 as the recipe asks for them, measured on `calibrated_graph`."""
+    """Steps 5-7 as the recipe asks for them: scales and GPTQ codes from `calibrated_graph`
+    and its inputs on the calibration images (statistics: `stats`)."""
     rounding = recipe.weight_rounding
     scales = weight_ranges.choose(calibrated_graph, mse=recipe.weight_ranges) \
         if recipe.weight_ranges or rounding else {}
