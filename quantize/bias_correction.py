@@ -7,6 +7,11 @@ output channel that passes into every later layer. The float graph's channel mea
 of each convolution's input (quantize/activation_stats.py) give that shift, and adding it
 to the int32 bias (in the bias's own scale) cancels it. The shift is computed from the
 float model's statistics, so corrections do not compound.
+
+Channel means assume every tap of a kernel sees its channel's mean; a tap that reads
+padding sees zeros. Where GPTQ's pass measured each tap's own mean input
+(quantize/weight_rounding.py) that is used instead: exact at the border, where GPTQ may
+move a weight far.
 """
 from __future__ import annotations
 
@@ -40,6 +45,17 @@ def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndar
     return error @ input_mean               # [O, I]
 
 
+def tap_shift(m_float, float_op, m_quant, quant_op, tap_mean: np.ndarray) -> np.ndarray:
+    """(W - W_q) E[x] per output channel of a CONV_2D, E[x] each tap's own mean: exact at
+    the border, where a tap that reads padding sees zeros, not its channel's mean."""
+    graph_f, graph_q = m_float.subgraphs[0], m_quant.subgraphs[0]
+    weights = tg.buffer_array(m_float, graph_f.tensors[float_op.inputs[1]]).astype(np.float64)
+    q_tensor = graph_q.tensors[quant_op.inputs[1]]
+    scales = np.asarray(q_tensor.quantization.scale, dtype=np.float64)
+    rounded = tg.buffer_array(m_quant, q_tensor).astype(np.float64) * scales[:, None, None, None]
+    return (weights - rounded).reshape(len(weights), -1) @ tap_mean
+
+
 def mean_shift(m_quant, op, m_float, float_ops: dict, stats: dict[str, TensorStats]
                ) -> np.ndarray | None:
     """(W - W_q) E[x] of one quantized op, from its float twin in `float_ops`
@@ -55,9 +71,10 @@ def mean_shift(m_quant, op, m_float, float_ops: dict, stats: dict[str, TensorSta
 
 
 def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats],
-            skip: frozenset[str] = frozenset()) -> tuple[bytes, dict]:
-    """`quantized` with every int8 convolution's bias corrected but those whose output is
-    named in `skip`; and what changed."""
+            tap_means: dict[str, np.ndarray] | None = None) -> tuple[bytes, dict]:
+    """`quantized` with every int8 convolution's bias corrected; and what changed.
+    `tap_means`, by the op's output name: the mean input of each of its weights' taps
+    ([KH * KW * C], quantize/weight_rounding.py), used instead of the channel means."""
     m_quant, m_float = tg.load(quantized), tg.load(calibrated)
     graph_q = m_quant.subgraphs[0]
     float_ops = tg.ops_by_output(m_float, _WEIGHTED)
@@ -66,10 +83,13 @@ def correct(quantized: bytes, calibrated: bytes, stats: dict[str, TensorStats],
         if tg.code(m_quant, op) not in _WEIGHTED or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
         weights, bias = graph_q.tensors[op.inputs[1]], graph_q.tensors[op.inputs[2]]
-        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32 or \
-                tg.tensor_name(graph_q.tensors[op.outputs[0]]) in skip:
+        if weights.type != tg.TYPE.INT8 or bias.type != tg.TYPE.INT32:
             continue
-        shift = mean_shift(m_quant, op, m_float, float_ops, stats)
+        name = tg.tensor_name(graph_q.tensors[op.outputs[0]])
+        if tap_means and name in tap_means and tg.code(m_quant, op) == tg.OP.CONV_2D:
+            shift = tap_shift(m_float, float_ops[name], m_quant, op, tap_means[name])
+        else:
+            shift = mean_shift(m_quant, op, m_float, float_ops, stats)
         if shift is None:
             continue
         bias_scale = np.asarray(bias.quantization.scale, dtype=np.float64)

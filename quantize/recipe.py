@@ -21,8 +21,8 @@ against the float model so the report says what each bought:
    (quantize/weight_ranges.py), not the converter's largest weight;
 6. `weight rounding`: on those scales, each convolution's weights rounded by GPTQ, so that
    rounding errors cancel on the inputs the layer sees (quantize/weight_rounding.py);
-7. `bias correction` of every int8 convolution GPTQ did not round
-   (quantize/bias_correction.py);
+7. `bias correction` of every int8 convolution, with each tap's own mean input where
+   GPTQ's pass measured it (quantize/bias_correction.py);
 8. with `mode="fallback"` only, since float layers cost latency: the layers the
    quantization debugger ranks worst go back to float, one at a time, until the held-out
    agreement reaches `fallback_target` (quantize/fallback.py);
@@ -189,6 +189,7 @@ class _Corrections:
     bias_correction: bool
     codes: dict[str, np.ndarray] | None = None  # GPTQ's rounding; None: to nearest
     mse_scales: bool = True
+    tap_means: dict[str, np.ndarray] | None = None  # each tap's mean input, from GPTQ's pass
 
     def weighted(self, quantized: bytes, ranged: bytes, gptq: bool = True) -> bytes:
         if not self.scales:
@@ -197,13 +198,12 @@ class _Corrections:
                                    self.codes if gptq else None)
 
     def bias_corrected(self, quantized: bytes, ranged: bytes) -> tuple[bytes, int]:
-        """The layers GPTQ rounded keep their bias: its H = E[x x^T] holds the mean, and
-        bias correction's rule (every tap sees its channel's mean) does not hold at the
-        taps that read padding, where GPTQ may move a weight far."""
+        """With each tap's own mean where GPTQ's pass measured it: the channel mean is
+        wrong at taps that read padding, where GPTQ may move a weight far."""
         if not self.bias_correction:
             return quantized, 0
         corrected, info = bias_correction.correct(quantized, ranged, self.stats,
-                                                  frozenset(self.codes or ()))
+                                                  self.tap_means)
         return corrected, info["layers"]
 
     def __call__(self, quantized: bytes, ranged: bytes) -> bytes:
@@ -229,11 +229,14 @@ def _corrections(calibrated_graph: bytes, calibration: np.ndarray, variant: Vari
     rounding = recipe.weight_rounding
     scales = weight_ranges.choose(calibrated_graph, mse=recipe.weight_ranges) \
         if recipe.weight_ranges or rounding else {}
-    codes = None
+    codes, tap_means = None, None
     if rounding:
-        codes = weight_rounding.rounded(calibrated_graph, scales, weight_rounding.input_correlations(
-            calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads))
-    return _Corrections(scales, stats, recipe.bias_correction, codes, recipe.weight_ranges)
+        inputs = weight_rounding.input_correlations(
+            calibrated_graph, graph_inputs(calibration[:STATS_IMAGES], variant), num_threads)
+        codes = weight_rounding.rounded(calibrated_graph, scales, inputs)
+        tap_means = {name: correlation.mean() for name, correlation in inputs.items()}
+    return _Corrections(scales, stats, recipe.bias_correction, codes, recipe.weight_ranges,
+                        tap_means)
 
 
 def _integer_graph(ranged: bytes, calibration_reference: np.ndarray, io_type,

@@ -54,9 +54,9 @@ def conv_patches(x: np.ndarray, options, kernel: tuple[int, int], count: int,
 
 
 def input_correlations(calibrated: bytes, samples: np.ndarray, num_threads: int = 1,
-                       seed: int = 0) -> dict[str, np.ndarray]:
-    """H = sum of x x^T over sampled input patches of every CONV_2D of the float graph,
-    by the name of the op's output (which the quantized graph keeps)."""
+                       seed: int = 0) -> dict[str, "Correlation"]:
+    """H = sum of x x^T, and the mean row, over sampled input patches of every CONV_2D of
+    the float graph, by the name of the op's output (which the quantized graph keeps)."""
     m = tg.load(calibrated)
     graph = m.subgraphs[0]
     convs = {tg.tensor_name(graph.tensors[op.outputs[0]]): op for op in graph.operators
@@ -72,7 +72,9 @@ def input_correlations(calibrated: bytes, samples: np.ndarray, num_threads: int 
             kernel = tuple(graph.tensors[op.inputs[1]].shape[1:3])
             sums[name].add(conv_patches(interpreter.get_tensor(op.inputs[0]),
                                         op.builtinOptions, kernel, PATCHES_PER_IMAGE, rng))
-    return {name: correlation.total() for name, correlation in sums.items()}
+    for correlation in sums.values():
+        correlation.total()
+    return sums
 
 
 class Correlation:
@@ -86,6 +88,8 @@ class Correlation:
         self.pending: list[np.ndarray] = []
         self.values = 0
         self.sum: np.ndarray | float = 0.0
+        self.row_sum: np.ndarray | float = 0.0
+        self.rows = 0
 
     def add(self, rows: np.ndarray) -> None:
         self.pending.append(rows.astype(np.float32))
@@ -97,11 +101,18 @@ class Correlation:
         if self.pending:
             rows = np.concatenate(self.pending)
             self.sum = self.sum + (rows.T @ rows).astype(np.float64)
+            self.row_sum = self.row_sum + rows.sum(axis=0, dtype=np.float64)
+            self.rows += len(rows)
         self.pending, self.values = [], 0
 
     def total(self) -> np.ndarray:
         self._flush()
         return self.sum
+
+    def mean(self) -> np.ndarray:
+        """The mean row: each tap's own mean input (a tap that reads padding sees zeros)."""
+        self._flush()
+        return self.row_sum / max(self.rows, 1)
 
 
 def gptq_codes(weights: np.ndarray, correlation: np.ndarray, scales: np.ndarray,
@@ -136,7 +147,7 @@ def gptq_codes(weights: np.ndarray, correlation: np.ndarray, scales: np.ndarray,
 
 
 def rounded(calibrated: bytes, scales: dict[str, np.ndarray],
-            correlations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            correlations: dict[str, Correlation]) -> dict[str, np.ndarray]:
     """GPTQ's int8 codes of every convolution that has a scale and a correlation, by the
     name of the op's output: computed once, for every graph quantized from `calibrated`."""
     m = tg.load(calibrated)
@@ -146,5 +157,5 @@ def rounded(calibrated: bytes, scales: dict[str, np.ndarray],
         name = tg.tensor_name(graph.tensors[op.outputs[0]])
         if name in scales and name in correlations:
             weights = tg.buffer_array(m, graph.tensors[op.inputs[1]])
-            found[name] = gptq_codes(weights, correlations[name], scales[name])
+            found[name] = gptq_codes(weights, correlations[name].total(), scales[name])
     return found
