@@ -23,18 +23,23 @@ from runtime import tflite_graph as tg
 _WEIGHTED = {tg.OP.CONV_2D, tg.OP.DEPTHWISE_CONV_2D, tg.OP.FULLY_CONNECTED}
 
 
-def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndarray
-                       ) -> np.ndarray:
-    """(W - W_q) E[x] per output channel: what the rounded weights take off the mean."""
+def weight_error(m_float, float_op, m_quant, quant_op) -> np.ndarray:
+    """W - W_q in the weights' own layout: the float weights less the int8 ones dequantized
+    on their per-channel scales."""
     graph_f, graph_q = m_float.subgraphs[0], m_quant.subgraphs[0]
     weights = tg.buffer_array(m_float, graph_f.tensors[float_op.inputs[1]]).astype(np.float64)
     q_tensor = graph_q.tensors[quant_op.inputs[1]]
     scales = np.asarray(q_tensor.quantization.scale, dtype=np.float64)
-    axis = q_tensor.quantization.quantizedDimension
     shape = [1] * weights.ndim
-    shape[axis] = -1
-    error = weights - tg.buffer_array(m_quant, q_tensor).astype(np.float64) * \
+    shape[q_tensor.quantization.quantizedDimension] = -1
+    return weights - tg.buffer_array(m_quant, q_tensor).astype(np.float64) * \
         scales.reshape(shape)
+
+
+def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndarray
+                       ) -> np.ndarray:
+    """(W - W_q) E[x] per output channel: what the rounded weights take off the mean."""
+    error = weight_error(m_float, float_op, m_quant, quant_op)
     builtin = tg.code(m_quant, quant_op)
     if builtin == tg.OP.DEPTHWISE_CONV_2D:  # [1, KH, KW, C * multiplier]
         per_channel = error.sum(axis=(0, 1, 2))
@@ -48,12 +53,8 @@ def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndar
 def tap_shift(m_float, float_op, m_quant, quant_op, tap_mean: np.ndarray) -> np.ndarray:
     """(W - W_q) E[x] per output channel of a CONV_2D, E[x] each tap's own mean: exact at
     the border, where a tap that reads padding sees zeros, not its channel's mean."""
-    graph_f, graph_q = m_float.subgraphs[0], m_quant.subgraphs[0]
-    weights = tg.buffer_array(m_float, graph_f.tensors[float_op.inputs[1]]).astype(np.float64)
-    q_tensor = graph_q.tensors[quant_op.inputs[1]]
-    scales = np.asarray(q_tensor.quantization.scale, dtype=np.float64)
-    rounded = tg.buffer_array(m_quant, q_tensor).astype(np.float64) * scales[:, None, None, None]
-    return (weights - rounded).reshape(len(weights), -1) @ tap_mean
+    error = weight_error(m_float, float_op, m_quant, quant_op)  # [O, KH, KW, I]
+    return error.reshape(len(error), -1) @ tap_mean
 
 
 def mean_shift(m_quant, op, m_float, float_ops: dict, stats: dict[str, TensorStats]

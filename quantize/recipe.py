@@ -213,9 +213,9 @@ class _Corrections:
         """The same steps, each measured."""
         if self.scales and self.mse_scales:
             steps.measure("weight ranges (MSE)", self.weighted(quantized, ranged, gptq=False))
-        if self.scales and self.codes is not None:
-            steps.measure("weight rounding (GPTQ)", self.weighted(quantized, ranged))
         quantized = self.weighted(quantized, ranged)
+        if self.scales and self.codes is not None:
+            steps.measure("weight rounding (GPTQ)", quantized)
         quantized, corrected = self.bias_corrected(quantized, ranged)
         if corrected:
             steps.measure(f"bias correction ({corrected} layers)", quantized)
