@@ -26,9 +26,10 @@ against the float model so the report says what each bought:
 8. with `mode="fallback"` only, since float layers cost latency: the layers the
    quantization debugger ranks worst go back to float, one at a time, until the held-out
    agreement reaches `fallback_target` (quantize/fallback.py);
-9. `logits layer: int8 weights`: the float logits layer's weights stored as int8, its input
-   quantized per image by the interpreter and its output still float
-   (quantize/logits_weights.py): at 1000 classes a quarter smaller and a little faster.
+9. `logits layer: int8 weights`: the float logits layer's weights stored as int8 (rounded
+   as steps 5 and 6 round the convolutions'), its input quantized per image by the
+   interpreter and its output still float (quantize/logits_weights.py): at 1000 classes a
+   quarter smaller and a little faster.
 
 Steps 1-7 and 9 cost no latency: the default (`mode="fast"`).
 """
@@ -133,7 +134,7 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
             recipe, held_out, variant, steps.score)
         steps.measure(f"float fallback ({len(float_layers)} layers)", cpu, layers=float_layers)
     if recipe.float_logits and recipe.int8_logits_weights:
-        cpu = logits_weights.int8_weights(cpu, ranged, stats)
+        cpu = logits_weights.int8_weights(cpu, ranged, stats, fix.scales, fix.codes)
         steps.measure("logits layer: int8 weights", cpu)
     return Int8Model(cpu, integer, ranged, steps.rows, method, float_layers)
 
