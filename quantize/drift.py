@@ -40,6 +40,17 @@ def kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 
 
+def gap_change(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """The median change, over images, of the gap between the reference's two best logits.
+
+    What flips a near-tie is the typical image's change of that gap, not the logits' RMS
+    error (a few outlier images' on the reference model: benchmarks/imagenette.md)."""
+    best = top_k_indices(reference, 2)
+    error = candidate.astype(np.float64) - reference
+    rows = np.arange(len(reference))
+    return float(np.median(np.abs(error[rows, best[:, 0]] - error[rows, best[:, 1]])))
+
+
 Z95 = 1.959964  # two-sided 95 % normal quantile
 
 

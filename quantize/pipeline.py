@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from build import float_model, images
-from quantize import (drift, edgetpu, layer_errors, pool_islands, recipe, report,
-                      variants)
+from quantize import (drift, edgetpu, layer_errors, logits_weights, pool_islands, recipe,
+                      report, variants)
 from quantize.measure import measured
 from runtime import preprocessing
 from runtime.classify import Classifier
@@ -185,13 +185,17 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
 
 def _cpu_edits(tflite: bytes, variant, config: QuantizeConfig, recipe_facts: dict
                ) -> tuple[bytes, str]:
-    """The pool islands where the variant wants them, and what the graph now is."""
+    """The pool islands where the variant wants them (and the qat file's float logits, as
+    the accuracy-first CPU files have them), and what the graph now is."""
     parts = []
+    float_logits = recipe_facts.get("float_logits")
+    if variant.name == "qat" and config.float_pools:
+        tflite, float_logits = logits_weights.float_output(tflite), True
     pools = len(pool_islands.integer_pools_of(tflite))
     if variant.pool_islands and config.float_pools and pools:
         tflite = pool_islands.float_pools(tflite)
         parts.append(f"{pools} average pools as float islands, for XNNPACK")
-    if recipe_facts.get("float_logits"):
+    if float_logits:
         parts.append("float logits")
     if recipe_facts.get("float_layers"):
         parts.append(f"{len(recipe_facts['float_layers'])} layers in float (fallback)")

@@ -48,8 +48,9 @@ VARIANTS = {v.name: v for v in (
             calibrated=True),
     # QAT ranges come from the fake-quant layers; the converter still wants samples to
     # make the input and output integer.
-    Variant("qat", "quantization-aware trained (make qat, distilled from float), full integer, "
-            "int8 input and output", calibrated=True, full_integer=True, pool_islands=True),
+    Variant("qat", "quantization-aware trained (make qat, distilled from float), int8 input "
+            "(pixel - 128), float logits (all-integer with INT8_POOLS=int8)", calibrated=True,
+            full_integer=True, pixel_input=True, pool_islands=True),
 )}
 POST_TRAINING = [name for name in VARIANTS if name != "qat"]
 
@@ -65,8 +66,11 @@ def parse_variants(text: str | None) -> list[str]:
 
 
 def graph_for(model: keras.Model, variant: Variant) -> keras.Model:
-    """The Keras graph a variant converts: logits only, pixel input where the variant wants."""
-    return pixel_input_model(model) if variant.pixel_input else logits_model(model)
+    """The Keras graph a variant converts: logits only, pixel input where the variant wants
+    (the qat model takes pixels itself: quantize/qat.py folds the normalisation in)."""
+    if variant.pixel_input and variant.name != "qat":
+        return pixel_input_model(model)
+    return logits_model(model)
 
 
 def make_converter(graph: keras.Model, variant: Variant,
