@@ -44,6 +44,12 @@ def readers_of(layer) -> list:
     return [node.outbound_layer for node in layer._outbound_nodes]
 
 
+def inputs_of(layer) -> list:
+    """The layers whose outputs `layer` reads."""
+    inbound = layer._inbound_nodes[0].inbound_layers
+    return inbound if isinstance(inbound, list) else [inbound]
+
+
 def _conv_readers(relu) -> list | None:
     """The convolutions that read `relu`'s output, or None if anything else does."""
     found = []

@@ -87,7 +87,7 @@ def float_output(model: bytes) -> bytes:
     requantize = tg.producers(graph).get(op.inputs[0])
     if requantize is not None and tg.code(m, requantize) == tg.OP.QUANTIZE \
             and graph.tensors[requantize.inputs[0]].type == tg.TYPE.INT8 \
-            and sum(op.inputs[0] in o.inputs for o in graph.operators) == 1:
+            and len(tg.readers(graph)[op.inputs[0]]) == 1:
         graph.operators.remove(requantize)  # int8 -> int8 on another scale: not needed
         op.inputs[0] = requantize.inputs[0]
     source = graph.tensors[op.inputs[0]]
@@ -113,7 +113,7 @@ def _float_to_the_output(m, tensor: int) -> None:
     graph = m.subgraphs[0]
     while True:
         graph.tensors[tensor].type, graph.tensors[tensor].quantization = tg.TYPE.FLOAT32, None
-        readers = [op for op in graph.operators if tensor in op.inputs]
+        readers = tg.readers(graph).get(tensor, [])
         if not readers:
             return
         if len(readers) > 1 or tg.code(m, readers[0]) != tg.OP.RESHAPE:

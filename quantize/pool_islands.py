@@ -84,25 +84,17 @@ def float_pools(model: bytes, keep: tuple[int, ...] = ()) -> bytes:
 def _dequantized_only(m: tg.schema.ModelT) -> dict[int, tg.schema.OperatorT]:
     """Tensor index to the DEQUANTIZE that is its only reader (graph outputs left out)."""
     graph = m.subgraphs[0]
-    readers = _readers(graph)
+    readers = tg.readers(graph)
     return {tensor: ops[0] for tensor, ops in readers.items()
             if len(ops) == 1 and tg.code(m, ops[0]) == tg.OP.DEQUANTIZE
             and tensor not in graph.outputs}
-
-
-def _readers(graph: tg.schema.SubGraphT) -> dict[int, list]:
-    found: dict[int, list] = {}
-    for op in graph.operators:
-        for tensor in op.inputs:
-            found.setdefault(tensor, []).append(op)
-    return found
 
 
 def integer_pools(model: bytes) -> bytes:
     """The inverse of float_pools: the all-integer graph the converter made."""
     m = tg.load(model)
     graph = m.subgraphs[0]
-    produced_by, readers = tg.producers(graph), _readers(graph)
+    produced_by, readers = tg.producers(graph), tg.readers(graph)
     operators, removed = [], set()
     for op in graph.operators:
         to_float = _island_input(m, op, produced_by, readers)

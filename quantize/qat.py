@@ -205,15 +205,18 @@ def calibrate_ranges(qat: keras.Model, model: keras.Model, pixels: np.ndarray) -
     stats, logits = _activation_stats(probe, list(targets), logits_layers, pixels)
     reference = model.predict(pixels.astype(np.float32), verbose=0)
 
-    def set_ranges(method: str) -> float:
+    def set_ranges(method: str) -> None:
         for name, (low, high) in targets.items():
             chosen = ranges.answer_range(logits[name].reshape(len(pixels), -1)) \
                 if name in logits else ranges.choose({name: stats[name]}, method)[name]
             low.assign(min(chosen[0], 0.0))
             high.assign(max(chosen[1], 1e-6))
         _share_ranges(targets, model)
+
+    def gap_change(method: str) -> float:
+        set_ranges(method)
         return drift.gap_change(reference, qat.predict(pixels.astype(np.float32), verbose=0))
-    scores = {method: set_ranges(method) for method in AUTO_METHODS}
+    scores = {method: gap_change(method) for method in AUTO_METHODS}
     set_ranges(min(scores, key=scores.get))
     return len(targets)
 
@@ -226,20 +229,15 @@ def _share_ranges(targets: dict, model: keras.Model) -> None:
     sharing took the median top-two gap change of the start 0.0405 -> 0.0391."""
     for concat in reversed([layer for layer in model.layers
                             if isinstance(layer, keras.layers.Concatenate)]):
-        for source in _inputs_of(concat):  # outer concatenations first: nested ones follow
+        for source in equalization.inputs_of(concat):  # outer concatenations first: nested ones follow
             if concat.name in targets and source.name in targets \
                     and not isinstance(source, keras.layers.MaxPooling2D):
                 _copy_range(targets[concat.name], targets[source.name])
     for pool in model.layers:
         if isinstance(pool, keras.layers.AveragePooling2D) and pool.name in targets:
-            source = _inputs_of(pool)[0]
+            source = equalization.inputs_of(pool)[0]
             if source.name in targets:
                 _copy_range(targets[source.name], targets[pool.name])
-
-
-def _inputs_of(layer) -> list:
-    inbound = layer._inbound_nodes[0].inbound_layers
-    return inbound if isinstance(inbound, list) else [inbound]
 
 
 def _copy_range(source: tuple, target: tuple) -> None:

@@ -102,6 +102,15 @@ def producers(graph: schema.SubGraphT) -> dict[int, schema.OperatorT]:
     return {out: op for op in graph.operators for out in op.outputs}
 
 
+def readers(graph: schema.SubGraphT) -> dict[int, list[schema.OperatorT]]:
+    """Tensor index to the ops that read it, in execution order."""
+    found: dict[int, list[schema.OperatorT]] = {}
+    for op in graph.operators:
+        for tensor in op.inputs:
+            found.setdefault(tensor, []).append(op)
+    return found
+
+
 def new_tensor(model: schema.ModelT, like: schema.TensorT, dtype: int, name: str) -> int:
     """Append an activation tensor shaped like `like` (no quantization); its index."""
     graph = model.subgraphs[0]

@@ -556,19 +556,13 @@ def test_quantization_aware_training_reads_pixels_exactly(setting, tiny_float_di
     """The qat model takes raw pixels, the normalisation folded into its first convolution:
     the same function as the float model on normalised images, and an input quantizer of
     scale 1 (each pixel exact) where [-1, 1] would put every pixel half a step off."""
-    from build.inception_v3 import fold_batch_norm
     from quantize import qat
-    from runtime.preprocessing import normalize
     model, calibration, *_ = setting
     _, card = float_model.load(tiny_float_dir)
     fake, pixel_model = qat._qat_model(model, card)
-    folded = fold_batch_norm(model, input_shape=(*card["input_size"], 3),
-                             num_classes=card["num_classes"],
-                             depth_multiplier=card["depth_multiplier"],
-                             min_depth=card["min_depth"], dropout_keep_prob=None)
     pixels = calibration.pixels[:16]
     np.testing.assert_allclose(pixel_model.predict(pixels.astype(np.float32), verbose=0),
-                               folded.predict(normalize(pixels), verbose=0), atol=2e-4)
+                               float_model.keras_logits(model, pixels), atol=2e-4)
     qat.calibrate_ranges(fake, pixel_model, calibration.pixels[:32])
     converted = variants.convert(fake, variants.VARIANTS["qat"], variants.representative_dataset(
         calibration.pixels[:8], variants.VARIANTS["qat"]))
