@@ -21,8 +21,7 @@ CALIB_SAMPLES ?= 200
 EVAL ?=
 MAX_TOP1_DROP ?=
 MIN_AGREEMENT ?=
-INT8_MODE ?= fast
-FALLBACK_TARGET ?= 99.9
+FALLBACK_BUDGET ?= 15
 EQUALIZE ?= 1
 GPTQ ?= 1
 MODEL ?=
@@ -31,7 +30,7 @@ QUANTIZE_ARGS = --variants "$(VARIANTS)" --calib $(CALIB) --calib-samples $(CALI
 	$(if $(filter int8,$(INT8_POOLS)),--integer-pools) \
 	$(if $(EVAL),--eval $(EVAL)) $(if $(MAX_TOP1_DROP),--max-top1-drop $(MAX_TOP1_DROP)) \
 	$(if $(MIN_AGREEMENT),--min-agreement $(MIN_AGREEMENT)) \
-	--int8-mode $(INT8_MODE) --fallback-target $(FALLBACK_TARGET) $(if $(filter 0,$(EQUALIZE)),--no-equalize) \
+	--fallback-budget $(FALLBACK_BUDGET) $(if $(filter 0,$(EQUALIZE)),--no-equalize) \
 	$(if $(filter 0,$(GPTQ)),--no-gptq) \
 	$(if $(MODEL),--model $(MODEL),$(BUILD_ARGS))
 

@@ -34,11 +34,9 @@ def parse_args(argv):
     p.add_argument("--min-agreement", type=cli.float_in(0.0, 100.0),
                    help="percent of top-1 answers a variant must share with float (on "
                         "--eval, else on the held-out images)")
-    p.add_argument("--int8-mode", choices=recipe.MODES, default="fast",
-                   help="fast: accuracy-first steps that cost no latency; fallback: also "
-                        "the worst layers in float until --fallback-target")
-    p.add_argument("--fallback-target", type=cli.float_in(0.0, 100.0), default=99.9,
-                   help="held-out top-1 agreement (percent) the fallback mode aims for")
+    p.add_argument("--fallback-budget", type=cli.float_in(0.0, 100.0), default=15.0,
+                   help="percent of the multiply-adds the int8-fallback variant may run in "
+                        "float")
     p.add_argument("--no-equalize", action="store_true",
                    help="skip the equalization of activation channels before calibrating "
                         "(quantize/equalization.py)")
@@ -118,7 +116,7 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
         num_threads=args.threads, float_pools=not args.integer_pools,
         min_agreement=args.min_agreement,
-        recipe=recipe.Recipe(mode=args.int8_mode, fallback_target=args.fallback_target / 100,
+        recipe=recipe.Recipe(fallback_budget=args.fallback_budget / 100,
                              equalization=not args.no_equalize,
                              weight_rounding=not args.no_gptq))
 

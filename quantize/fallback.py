@@ -1,11 +1,23 @@
-"""Selective float fallback: the worst int8 layers back to float, until the model agrees.
+"""Selective float fallback: the first layers of the network back to float, within a
+budget of multiply-adds, as far as each buys a smaller error.
 
-Like NNCF's accuracy-control mode: the quantization debugger ranks the layers of the
-int8 graph by their error (RMS over scale, quantize/layer_errors.py); the worst go back
-to float one at a time (DEQUANTIZE, float op, QUANTIZE, all of which XNNPACK runs) until
-the top-1 agreement with the float model on the held-out images reaches the target, or
-the layer budget is spent. Each float layer runs its multiply-adds in float: the report
-lists them per layer, `make bench` measures what they cost.
+Where the int8's error is decides which layers. Its 8-bit activations carry most of it
+(on the reference model four fifths of the squared change of the top-two gap), and of
+those the stem's most: the first, high-resolution activations hold many values, each
+rounded. Weighted by the float model's gradient of the top-two gap, the first three
+carry about a third of the rounding error (benchmarks/imagenette.md). An activation
+leaves the int8 graph only where the op that writes it and every op that reads it are
+float, so the candidates are the network's prefixes: every op up to the k-th weighted
+one in float (a DEQUANTIZE of the exact int8 pixels, float ops, one QUANTIZE after).
+A layer put back in float on its own, between int8 neighbours (the quantization
+debugger's worst, as before), keeps the rounding of its input and of its output and
+removes only its weights' error: on the reference model it added no layer.
+
+Each prefix is measured on the calibration and held-out images by the median change of
+the float model's top-two gap (quantize/drift.py: what flips near-ties); the one with
+the lowest is kept if it is lower than the all-int8 graph's. Float multiply-adds cost
+several int8 ones on a CPU with int8 dot products (fewer on one without): the report
+lists each float layer's multiply-adds, `make bench` measures the latency.
 """
 from __future__ import annotations
 
@@ -14,14 +26,13 @@ from typing import Callable
 import numpy as np
 
 from quantize import layer_errors
-from quantize.variants import Variant, graph_inputs
 from runtime import tflite_graph as tg
 
 _WEIGHTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 
 
 def multiply_adds(calibrated: bytes) -> dict[str, int]:
-    """Multiply-adds of each weighted op, by its output tensor name."""
+    """Multiply-adds of each weighted op, by its output tensor name, in graph order."""
     m = tg.load(calibrated)
     graph = m.subgraphs[0]
     found = {}
@@ -36,29 +47,40 @@ def multiply_adds(calibrated: bytes) -> dict[str, int]:
     return found
 
 
-def search(ranged: bytes, quantize_with: Callable[[list[str]], bytes], start: bytes,
-           start_score: dict, recipe, debug_pixels: np.ndarray, variant: Variant,
-           score: Callable[[bytes], dict]) -> tuple[bytes, list[dict]]:
-    """(model, float layers with their multiply-adds) reaching `recipe.fallback_target`."""
-    inputs = graph_inputs(debug_pixels, variant)
-    macs = multiply_adds(ranged)
-    ranked = [row for row in layer_errors.worst_first(
-        layer_errors.layer_statistics(ranged, inputs)) if row["node"] in macs]
-    best, best_key, best_count = start, _key(start_score), 0
+def prefixes(calibrated: bytes) -> list[tuple[str, list[str]]]:
+    """For each weighted op in graph order: its output name, and the output names of every
+    op up to and including it (the pools between the stem's convolutions too, so no
+    activation inside the prefix is rounded)."""
+    m = tg.load(calibrated)
+    graph = m.subgraphs[0]
+    weighted = set(multiply_adds(calibrated))
+    names: list[str] = []
+    found = []
+    for op in graph.operators:
+        names.append(tg.tensor_name(graph.tensors[op.outputs[0]]))
+        if names[-1] in weighted:
+            found.append((names[-1], list(names)))
+    return found
+
+
+def search(calibrated: bytes, quantize_with: Callable[[list[str]], bytes], start: bytes,
+           recipe, score: Callable[[bytes], dict]) -> tuple[bytes, list[dict]]:
+    """(model, its float layers) : the prefix of `calibrated` with the lowest measured
+    top-two gap change (`score(model)["gap_change"]`), within `recipe.fallback_budget`
+    (share of the multiply-adds) and `recipe.fallback_max_layers`; `start` and no layer
+    when none is lower than its own."""
+    macs = multiply_adds(calibrated)
+    budget = recipe.fallback_budget * sum(macs.values())
+    best, best_error, kept = start, score(start)["gap_change"], []
     tried: list[dict] = []
-    for row in ranked[:recipe.fallback_max_layers]:
-        if best_key[0] >= recipe.fallback_target:
+    spent = 0
+    for layer, nodes in prefixes(calibrated)[:recipe.fallback_max_layers]:
+        spent += macs[layer]
+        if spent > budget:
             break
-        tried.append({"layer": row["tensor"], "node": row["node"],
-                      "rmse_over_scale": row["rmse_over_scale"],
-                      "multiply_adds": macs[row["node"]]})
-        candidate = quantize_with([entry["node"] for entry in tried])
-        result = score(candidate)
-        tried[-1].update(result)  # the whole model's agreement with this layer in float
-        if _key(result) > best_key:
-            best, best_key, best_count = candidate, _key(result), len(tried)
-    return best, tried[:best_count]
-
-
-def _key(result: dict) -> tuple[float, float]:
-    return result["top1_agreement"], result["sqnr_db"]
+        candidate = quantize_with(nodes)
+        tried.append({"layer": layer_errors.layer_name(layer), "node": layer,
+                      "multiply_adds": macs[layer], **score(candidate)})
+        if tried[-1]["gap_change"] < best_error:
+            best, best_error, kept = candidate, tried[-1]["gap_change"], list(tried)
+    return best, kept

@@ -7,7 +7,7 @@ from the same float model and images; the report also holds timings, which vary.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,26 +138,19 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
     """One variant's bytes, what its graph is, and the Edge TPU verdict of those bytes.
 
     `recipes` keeps accuracy-first results by input type: `uint8` and `coral` are the CPU
-    and the Edge TPU graphs of one quantization.
+    and the Edge TPU graphs of one quantization, `int8` and `int8-fallback` its two CPU
+    graphs.
     """
     variant = variants.VARIANTS[name]
     print(f"[{name}] converting: {variant.description}", flush=True)
     made: dict = {}
     if variant.accuracy_first:
-        if variant.integer_io not in recipes:
-            with measured() as cost:
-                if data.calibration_reference is None:
-                    data.calibration_reference = float_model.keras_logits(
-                        model, data.calibration.pixels)
-                built = recipe.build(model, variant, data.calibration.pixels,
-                                     data.held_out.pixels, data.reference, config.recipe,
-                                     config.num_threads, data.calibration_reference)
-            recipes[variant.integer_io] = built, cost
-        int8, cost = recipes[variant.integer_io]  # one quantization, two files
-        cpu_file = config.float_pools and not variant.edgetpu
-        tflite = int8.cpu if cpu_file else int8.integer
+        int8, cost = _recipe(variant, model, data, config, recipes)
+        cpu_file = variant.fallback or config.float_pools and not variant.edgetpu
+        tflite = int8.fallback if variant.fallback else int8.cpu if cpu_file else int8.integer
         made.update(calibrated=int8.calibrated, recipe={
-            "mode": config.recipe.mode, "range_method": int8.range_method,
+            "mode": "fallback" if variant.fallback else "fast",
+            "range_method": int8.range_method,
             "float_logits": config.recipe.float_logits and cpu_file,
             "int8_logits_weights": config.recipe.float_logits and cpu_file
             and config.recipe.int8_logits_weights,
@@ -166,8 +159,8 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
             "equalization": config.recipe.equalization,
             "weight_rounding": "gptq" if config.recipe.weight_rounding else "nearest",
             "float_layers": [{k: v for k, v in e.items() if k != "node"}
-                             for e in int8.float_layers] if cpu_file else [],
-            "steps": int8.steps})
+                             for e in int8.float_layers] if variant.fallback else [],
+            "steps": int8.steps + ([int8.fallback_step] if variant.fallback else [])})
     else:
         representative = variants.representative_dataset(data.calibration.pixels, variant) \
             if variant.calibrated else None
@@ -181,6 +174,26 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
         made["edgetpu"]["compiler"] = edgetpu.compile_bytes(tflite, model_file(name), stage)
     made["tflite"] = tflite
     return made
+
+
+def _recipe(variant, model, data: RunData, config: QuantizeConfig, recipes: dict):
+    """The accuracy-first quantization for the variant's input type, and what it cost:
+    made once per type (`int8`, `int8-fallback` and `coral`'s are one), in fallback mode
+    when a requested variant of that type wants the fallback file."""
+    if variant.integer_io not in recipes:
+        fallback = any(variants.VARIANTS[name].fallback and
+                       variants.VARIANTS[name].integer_io == variant.integer_io
+                       for name in config.variants)
+        with measured() as cost:
+            if data.calibration_reference is None:
+                data.calibration_reference = float_model.keras_logits(
+                    model, data.calibration.pixels)
+            built = recipe.build(model, variant, data.calibration.pixels,
+                                 data.held_out.pixels, data.reference,
+                                 replace(config.recipe, mode="fallback" if fallback else "fast"),
+                                 config.num_threads, data.calibration_reference)
+        recipes[variant.integer_io] = built, cost
+    return recipes[variant.integer_io]
 
 
 def _cpu_edits(tflite: bytes, variant, config: QuantizeConfig, recipe_facts: dict

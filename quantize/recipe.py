@@ -23,15 +23,16 @@ against the float model so the report says what each bought:
    rounding errors cancel on the inputs the layer sees (quantize/weight_rounding.py);
 7. `bias correction` of every int8 convolution, with each tap's own mean input where
    GPTQ's pass measured it (quantize/bias_correction.py);
-8. with `mode="fallback"` only, since float layers cost latency: the layers the
-   quantization debugger ranks worst go back to float, one at a time, until the held-out
-   agreement reaches `fallback_target` (quantize/fallback.py);
-9. `logits layer: int8 weights`: the float logits layer's weights stored as int8 (rounded
+8. `logits layer: int8 weights`: the float logits layer's weights stored as int8 (rounded
    as steps 5 and 6 round the convolutions'), its input quantized per image by the
    interpreter and its output still float (quantize/logits_weights.py): at 1000 classes a
-   quarter smaller and a little faster.
+   quarter smaller and a little faster;
+9. with `mode="fallback"` only, a second CPU file, since float layers cost latency: the
+   first layers of the network in float, so that their activations are never rounded,
+   as many as lower the measured top-two gap change within `fallback_budget` of the
+   multiply-adds (quantize/fallback.py; the `int8-fallback` variant).
 
-Steps 1-7 and 9 cost no latency: the default (`mode="fast"`).
+Steps 1-8 cost no latency: the CPU file (`cpu`) is the same graph op for op.
 """
 from __future__ import annotations
 
@@ -72,18 +73,20 @@ class Recipe:
     weight_ranges: bool = True      # per-channel weight scales by MSE, not max-abs
     weight_rounding: bool = True    # GPTQ on those scales, not round-to-nearest
     bias_correction: bool = True
-    fallback_target: float = 0.999  # held-out top-1 agreement that fallback aims for
+    fallback_budget: float = 0.15   # share of the multiply-adds fallback may put in float
     fallback_max_layers: int = 8
     int8_logits_weights: bool = True  # the float logits layer's weights as int8
 
 
 @dataclass
 class Int8Model:
-    cpu: bytes                      # float logits (+ fallback layers): for CPUs
+    cpu: bytes                      # float logits: for CPUs
     integer: bytes                  # all-integer: Edge TPU and integer-only accelerators
     calibrated: bytes               # the calibrated float graph with the chosen ranges
-    steps: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)  # through `cpu`
     range_method: str = "minmax"
+    fallback: bytes | None = None   # mode="fallback": `cpu` with its first layers in float
+    fallback_step: dict | None = None                  # that file's row of the steps table
     float_layers: list[dict] = field(default_factory=list)  # fallback.search's entries
 
 
@@ -97,6 +100,7 @@ def held_out_drift(model: bytes, pixels: np.ndarray, reference: np.ndarray,
     result = drift.compare(reference, logits)
     return {"top1_agreement": result["top1_agreement"], "sqnr_db": result["sqnr_db"],
             "kl": drift.kl_divergence(reference, logits),
+            "gap_change": drift.gap_change(reference, logits),
             "flips": len(result["flipped"]), "images": result["images"]}
 
 
@@ -117,26 +121,34 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     fix = _corrections(calibrated_graph, calibration, variant, recipe, stats, num_threads or 1)
     if calibration_reference is None:
         calibration_reference = float_model.keras_logits(model, calibration)
-    # Chosen on the calibration images too: three hundred images rank the methods as the
-    # validation split does where the hundred held out alone do not.
-    method, ranged, cpu = _choose_ranges(
-        calibrated_graph, stats, recipe, quantize, fix,
-        np.concatenate([calibration, held_out]),
-        np.concatenate([calibration_reference, reference]), num_threads)
+    # Choices are made on the calibration images too: three hundred images rank the range
+    # methods as the validation split does where the hundred held out alone do not.
+    choice_pixels = np.concatenate([calibration, held_out])
+    choice_reference = np.concatenate([calibration_reference, reference])
+    method, ranged, cpu = _choose_ranges(calibrated_graph, stats, recipe, quantize, fix,
+                                         choice_pixels, choice_reference, num_threads)
     steps.measure(f"ranges ({method})", cpu)
     cpu = fix.measured(cpu, ranged, steps)
     integer = _integer_graph(ranged, calibration_reference, io_type, fix)
-    float_layers: list[dict] = []
-    if recipe.mode == "fallback":
-        from quantize import fallback
-        cpu, float_layers = fallback.search(
-            ranged, lambda layers: fix(quantize(ranged, layers), ranged), cpu, steps.rows[-1],
-            recipe, held_out, variant, steps.score)
-        steps.measure(f"float fallback ({len(float_layers)} layers)", cpu, layers=float_layers)
-    if recipe.float_logits and recipe.int8_logits_weights:
-        cpu = logits_weights.int8_weights(cpu, ranged, stats, fix.scales, fix.codes)
+
+    int8_logits = recipe.float_logits and recipe.int8_logits_weights
+
+    def finish(quantized: bytes) -> bytes:  # step 8
+        return logits_weights.int8_weights(quantized, ranged, stats, fix.scales, fix.codes) \
+            if int8_logits else quantized
+    if int8_logits:
+        cpu = finish(cpu)
         steps.measure("logits layer: int8 weights", cpu)
-    return Int8Model(cpu, integer, ranged, steps.rows, method, float_layers)
+    built = Int8Model(cpu, integer, ranged, steps.rows, method)
+    if recipe.mode == "fallback":  # step 9, beside the CPU file
+        from quantize import fallback
+        built.fallback, built.float_layers = fallback.search(
+            ranged, lambda layers: finish(fix(quantize(ranged, layers), ranged)), cpu, recipe,
+            lambda candidate: held_out_drift(candidate, choice_pixels, choice_reference,
+                                             num_threads))
+        built.fallback_step = {"step": f"float fallback ({len(built.float_layers)} layers)",
+                               **steps.score(built.fallback)}
+    return built
 
 
 @dataclass

@@ -124,6 +124,10 @@ def _flip_lines(report: dict) -> list[str]:
             *rows, ""]
 
 
+def _gap(step: dict) -> str:
+    return f"{step['gap_change']:.4f}" if "gap_change" in step else "-"
+
+
 def _kl(step: dict) -> str:
     return f"{1000 * step['kl']:.2f}" if "kl" in step else "-"
 
@@ -138,13 +142,14 @@ def _recipe_lines(report: dict) -> list[str]:
         parts += [f"## {name}: what each accuracy-first step bought", "",
                   f"Mode `{recipe['mode']}`; measured on the held-out images against the "
                   "float model, each row adding its step to those above (quantize/recipe.py).",
-                  "", "| step | top-1 agreement | flips | KL divergence (x1000) | SQNR dB |",
-                  "|---|---|---|---|---|"]
+                  "", "| step | top-1 agreement | flips | median top-two gap change | "
+                  "KL divergence (x1000) | SQNR dB |", "|---|---|---|---|---|---|"]
         parts += [f"| {s['step']} | {100 * s['top1_agreement']:.2f} % | {s['flips']} | "
-                  f"{_kl(s)} | {s['sqnr_db']:.2f} |" for s in recipe["steps"]]
+                  f"{_gap(s)} | {_kl(s)} | {s['sqnr_db']:.2f} |" for s in recipe["steps"]]
         for layer in recipe["float_layers"]:
             parts.append(f"- in float: `{layer['layer']}` ({layer['multiply_adds'] / 1e6:.1f} M "
-                         f"multiply-adds, RMS error {layer['rmse_over_scale']:.2f} of a step)")
+                         f"multiply-adds; float up to here, the calibration and held-out "
+                         f"images' median top-two gap change {layer['gap_change']:.4f})")
         parts.append("")
     return parts
 

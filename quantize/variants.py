@@ -27,6 +27,7 @@ class Variant:
     pool_islands: bool = False      # the CPU file's average pools run in float (XNNPACK)
     integer_io: str = "int8"        # input (and integer output) type of integer graphs
     edgetpu: bool = False           # the all-integer file for the Coral Edge TPU
+    fallback: bool = False          # the recipe's first layers in float (quantize/fallback.py)
 
 
 VARIANTS = {v.name: v for v in (
@@ -36,6 +37,10 @@ VARIANTS = {v.name: v for v in (
     Variant("int8", "accuracy-first int8: per-channel int8 weights, int8 input (pixel - 128), "
             "float logits", calibrated=True, full_integer=True, pixel_input=True,
             accuracy_first=True, pool_islands=True),
+    Variant("int8-fallback", "the accuracy-first int8 with its first layers in float "
+            "(within FALLBACK_BUDGET of the multiply-adds): closer to float, slower",
+            calibrated=True, full_integer=True, pixel_input=True, accuracy_first=True,
+            pool_islands=True, fallback=True),
     Variant("uint8", "accuracy-first int8 with uint8 input (raw pixels), float logits",
             calibrated=True, full_integer=True, pixel_input=True, accuracy_first=True,
             pool_islands=True, integer_io="uint8"),

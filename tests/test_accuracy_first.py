@@ -7,7 +7,7 @@ import pytest
 
 from build import float_model, images
 from quantize import (activation_stats, bias_correction, calibrated, drift, equalization,
-                      layer_errors, logits_weights, pool_islands, ranges, recipe, report,
+                      fallback, layer_errors, logits_weights, pool_islands, ranges, recipe, report,
                       variants, weight_ranges, weight_rounding)
 from runtime import tflite_graph as tg
 from runtime.interpreter import interpreter_module
@@ -35,19 +35,17 @@ def built(setting):
     model, calibration, held_out, *_ = setting
     reference = float_model.keras_logits(model, held_out.pixels)
     return recipe.build(model, INT8, calibration.pixels, held_out.pixels, reference,
-                        recipe.Recipe(mode="fallback", fallback_target=1.01, equalization=True,
-                                      fallback_max_layers=2))
+                        recipe.Recipe(equalization=True))
 
 
 @pytest.fixture(scope="module")
-def built_nearest(setting):
-    """The fallback mode with weights rounded to nearest: GPTQ leaves this model so close
-    to float (about 40 dB) that no layer the debugger ranks worst helps in float, so the
-    search is tested where it has something to find."""
+def built_fallback(setting):
+    """The fallback mode with weights rounded to nearest, so that a float prefix has
+    weight error to remove as well as activation rounding, and no budget to stop it."""
     model, calibration, held_out, *_ = setting
     reference = float_model.keras_logits(model, held_out.pixels)
     return recipe.build(model, INT8, calibration.pixels, held_out.pixels, reference,
-                        recipe.Recipe(mode="fallback", fallback_target=1.01,
+                        recipe.Recipe(mode="fallback", fallback_budget=1.0,
                                       fallback_max_layers=2, weight_rounding=False))
 
 
@@ -96,7 +94,8 @@ def test_each_step_is_measured_from_the_converters_own_quantization(built):
     assert names[2].startswith("equalization (")
     assert names[3].startswith("ranges (") and names[4] == "weight ranges (MSE)"
     assert names[5] == "weight rounding (GPTQ)" and names[6].startswith("bias correction (")
-    assert names[7].startswith("float fallback") and names[8] == "logits layer: int8 weights"
+    assert names[7:] == ["logits layer: int8 weights"]
+    assert all(row["gap_change"] >= 0 for row in built.steps)
 
 
 def test_float_logits_lift_the_8_bit_cap_and_cut_the_output_error(built):
@@ -400,20 +399,77 @@ def test_bias_correction_by_tap_means_is_exact_where_taps_read_padding(setting):
     assert shift["tap"] < 0.85 * shift["channel"], shift  # 0.75 here
 
 
-def test_fallback_returns_the_debuggers_worst_layer_to_float(built_nearest):
-    built = built_nearest
-    assert built.float_layers, "the fallback tried no layer"
-    worst = built.float_layers[0]
-    m = tg.load(built.cpu)
-    graph = m.subgraphs[0]
-    float_convs = [tg.tensor_name(graph.tensors[op.outputs[0]]) for op in graph.operators
-                   if tg.op_name(m, op) == "CONV_2D"
-                   and graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32]
-    assert any(worst["node"] == name for name in float_convs) or len(float_convs) >= 2
-    kept = next(i for i, s in enumerate(built.steps) if s["step"].startswith("float fallback"))
-    assert (built.steps[kept]["top1_agreement"], built.steps[kept]["sqnr_db"]) >= \
-        (built.steps[kept - 1]["top1_agreement"], built.steps[kept - 1]["sqnr_db"])
-    assert worst["multiply_adds"] > 0
+def test_fallback_prefixes_end_at_each_weighted_layer_and_hold_every_op_before(setting):
+    graph = setting[3]
+    found = fallback.prefixes(graph)
+    macs = fallback.multiply_adds(graph)
+    assert [layer for layer, _ in found] == list(macs)
+    m = tg.load(graph)
+    names = [tg.tensor_name(m.subgraphs[0].tensors[op.outputs[0]])
+             for op in m.subgraphs[0].operators]
+    for layer, nodes in found:
+        assert nodes == names[:names.index(layer) + 1]
+    assert any("MaxPool" in node for node in found[3][1])  # the stem's pool, kept float
+
+
+def _coarse_stem(setting):
+    """The setting's graph with the first convolution's output range 30 times its
+    largest value: rounding that activation is then the int8's largest error; and
+    quantize_with(float nodes) for it, logits float."""
+    graph = setting[3]
+    first = next(iter(fallback.multiply_adds(graph)))
+    low, high = calibrated.activation_ranges(graph)[first]
+    coarse = calibrated.with_ranges(graph, {first: (low, 30 * high)})
+    logits = calibrated.logits_nodes(coarse)
+    return coarse, lambda nodes: calibrated.quantize(coarse, np.int8, [*logits, *nodes],
+                                                      float_output=True)
+
+
+def test_fallback_keeps_the_prefix_that_removes_a_coarse_activation(setting):
+    """Only a prefix that holds the activation's reader as well removes its rounding: the
+    first convolution alone in float still writes it through the coarse range."""
+    model, calibration, held_out, *_ = setting
+    coarse, quantize_with = _coarse_stem(setting)
+    reference = float_model.keras_logits(model, held_out.pixels)
+
+    def score(candidate):
+        return recipe.held_out_drift(candidate, held_out.pixels, reference)
+    start = quantize_with([])
+    chosen, layers = fallback.search(
+        coarse, quantize_with, start, recipe.Recipe(fallback_budget=1.0,
+                                                    fallback_max_layers=3), score)
+    assert len(layers) >= 2, layers
+    assert layers[-1]["gap_change"] < 0.5 * score(start)["gap_change"], layers
+    assert layers[0]["gap_change"] > 0.8 * score(start)["gap_change"], layers
+    assert tg.op_names(chosen)[:len(layers) + 2] == \
+        ["DEQUANTIZE", *["CONV_2D"] * len(layers), "QUANTIZE"]  # one rounding, after
+    graph = tg.load(chosen).subgraphs[0]
+    first_ops = graph.operators[1:len(layers) + 1]
+    assert all(graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32 for op in first_ops)
+    nothing, none = fallback.search(coarse, quantize_with, start,
+                                    recipe.Recipe(fallback_budget=1e-6), score)
+    assert nothing is start and none == []
+
+
+def test_fallback_mode_adds_a_file_with_its_first_layers_in_float(built_fallback):
+    built = built_fallback
+    assert built.fallback_step["step"] == f"float fallback ({len(built.float_layers)} layers)"
+    assert built.steps[-1]["step"] == "logits layer: int8 weights"  # the CPU file's row
+    float_convs = {}
+    for model in (built.cpu, built.fallback):
+        m = tg.load(model)
+        graph = m.subgraphs[0]
+        float_convs[model] = [tg.tensor_name(graph.tensors[op.outputs[0]])
+                              for op in graph.operators if tg.op_name(m, op) == "CONV_2D"
+                              and graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32]
+    chosen = [layer["node"] for layer in built.float_layers]
+    assert chosen and float_convs[built.fallback] == chosen + float_convs[built.cpu]
+    assert len(float_convs[built.cpu]) == 1  # the logits layer's, in both
+    assert all(layer["multiply_adds"] > 0 for layer in built.float_layers)
+    lines = report._recipe_lines({"variants": {"int8-fallback": {"recipe": {
+        "mode": "fallback", "steps": built.steps + [built.fallback_step],
+        "float_layers": built.float_layers}}}})
+    assert sum(line.startswith("- in float:") for line in lines) == len(chosen)
 
 
 def test_int8_logits_weights_shrink_the_layer_and_their_bias_takes_back_the_rounding(

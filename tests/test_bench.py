@@ -142,6 +142,10 @@ def test_accuracy_verdicts_follow_the_issue_targets():
     assert list(found.values()) == [True, True, False]  # a third of stock's flips: met
     candidates["int8"] = entry(0.99, 31, change=-0.3)
     assert [v["met"] for v in report.accuracy_verdicts(candidates)] == [False, False, False]
+    candidates["int8-fallback"] = entry(0.996, 15)  # the slower mode is judged on its own
+    verdicts = report.accuracy_verdicts(candidates)
+    assert [v["target"].split()[0] for v in verdicts[:2]] == ["int8", "int8-fallback"]
+    assert [v["met"] for v in verdicts] == [False, True, False, False]
 
 
 def test_every_kind_opens_to_the_same_calls(tiny_run):

@@ -423,7 +423,7 @@ def option_cases(root: Path, model: Path, float_dir: Path) -> list[Case]:
         for value in ("-1", "x", "1.5"):
             cases.append(Case(f"{name}{option}={value}", command, argv + [f"{option}={value}"],
                               2, [option]))
-    for option in ("--max-top1-drop", "--min-agreement", "--fallback-target"):
+    for option in ("--max-top1-drop", "--min-agreement", "--fallback-budget"):
         for value in ("-1", "101", "nan", "x"):
             cases.append(Case(f"quantize{option}={value}", "quantize",
                               ["--model", str(float_dir), f"{option}={value}"], 2, [option]))
@@ -439,8 +439,6 @@ def option_cases(root: Path, model: Path, float_dir: Path) -> list[Case]:
     cases += [
         Case("quantize-unknown-variant", "quantize",
              ["--model", str(float_dir), "--variants", "int7"], 2, ["int7"]),
-        Case("quantize-unknown-mode", "quantize",
-             ["--model", str(float_dir), "--int8-mode", "slow"], 2, ["slow"]),
         Case("quantize-drop-without-eval", "quantize",
              ["--model", str(float_dir), "--max-top1-drop", "1"], 2, ["EVAL"]),
         Case("build-weights-missing-file", "build",
