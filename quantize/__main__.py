@@ -34,7 +34,7 @@ def parse_args(argv):
     p.add_argument("--min-agreement", type=cli.float_in(0.0, 100.0),
                    help="percent of top-1 answers a variant must share with float (on "
                         "--eval, else on the held-out images)")
-    p.add_argument("--fallback-budget", type=cli.float_in(0.0, 100.0), default=15.0,
+    p.add_argument("--fallback-budget", type=cli.float_in(0.0, 100.0), default=6.0,
                    help="percent of the multiply-adds the int8-fallback variant may run in "
                         "float")
     p.add_argument("--no-equalize", action="store_true",

@@ -73,7 +73,7 @@ class Recipe:
     weight_ranges: bool = True      # per-channel weight scales by MSE, not max-abs
     weight_rounding: bool = True    # GPTQ on those scales, not round-to-nearest
     bias_correction: bool = True
-    fallback_budget: float = 0.15   # share of the multiply-adds fallback may put in float
+    fallback_budget: float = 0.06   # share of the multiply-adds fallback may put in float
     fallback_max_layers: int = 8
     int8_logits_weights: bool = True  # the float logits layer's weights as int8
 
