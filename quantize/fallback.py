@@ -55,12 +55,11 @@ def prefixes(calibrated: bytes) -> list[tuple[str, list[str]]]:
     activation inside the prefix is rounded)."""
     m = tg.load(calibrated)
     graph = m.subgraphs[0]
-    weighted = set(multiply_adds(calibrated))
     names: list[str] = []
     found = []
     for op in graph.operators:
         names.append(tg.tensor_name(graph.tensors[op.outputs[0]]))
-        if names[-1] in weighted:
+        if tg.op_name(m, op) in _WEIGHTED:
             found.append((names[-1], list(names)))
     return found
 
