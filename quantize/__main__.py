@@ -35,8 +35,8 @@ def parse_args(argv):
                    help="percent of top-1 answers a variant must share with float (on "
                         "--eval, else on the held-out images)")
     p.add_argument("--fallback-budget", type=cli.float_in(0.0, 100.0), default=6.0,
-                   help="percent of the multiply-adds the int8-fallback variant may run in "
-                        "float")
+                   help="percent of the multiply-adds the fallback variants (int8-fallback, "
+                        "qat-fallback) may run in float")
     p.add_argument("--no-equalize", action="store_true",
                    help="skip the equalization of activation channels before calibrating "
                         "(quantize/equalization.py)")
@@ -49,7 +49,7 @@ def parse_args(argv):
                    help="keep int8 average pools integer (slower on CPUs with XNNPACK; for "
                         "integer-only accelerators)")
     q = p.add_argument_group("quantization-aware training (make qat)")
-    q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat variant")
+    q.add_argument("--qat-data", help="image folder to fine-tune on; adds the qat and qat-fallback variants")
     q.add_argument("--qat-val", help="validation folder for QAT")
     q.add_argument("--qat-epochs", type=cli.positive_int, default=2)
     q.add_argument("--qat-learning-rate", type=cli.float_in(0.0, 1.0, low_open=True), default=3e-7)
@@ -105,8 +105,8 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         raise InputError("WORKERS=N shares quantization-aware training between workers: "
                          "it applies to make qat DATA=<folder>, not to make quantize.")
     names = variants.parse_variants(args.variants)
-    if args.qat_data and "qat" not in names:
-        names.append("qat")
+    if args.qat_data and not set(names) & set(variants.TRAINED):
+        names += variants.TRAINED
     return pipeline.QuantizeConfig(
         float_dir=Path(args.model or Path(args.out) / "float"), out=Path(args.out),
         variants=names,
@@ -116,8 +116,8 @@ def checked_config(args) -> pipeline.QuantizeConfig:
         max_top1_drop=args.max_top1_drop, layer_errors=not args.no_layer_errors,
         num_threads=args.threads, float_pools=not args.integer_pools,
         min_agreement=args.min_agreement,
-        recipe=recipe.Recipe(fallback_budget=args.fallback_budget / 100,
-                             equalization=not args.no_equalize,
+        fallback_budget=args.fallback_budget / 100,
+        recipe=recipe.Recipe(equalization=not args.no_equalize,
                              weight_rounding=not args.no_gptq))
 
 

@@ -7,14 +7,14 @@ from the same float model and images; the report also holds timings, which vary.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from build import float_model, images
-from quantize import (drift, edgetpu, layer_errors, logits_weights, pool_islands, recipe,
-                      report, variants)
+from quantize import (drift, edgetpu, fallback, layer_errors, logits_weights, pool_islands,
+                      recipe, report, variants)
 from quantize.measure import measured
 from runtime import preprocessing
 from runtime.classify import Classifier
@@ -46,6 +46,8 @@ class QuantizeConfig:
     # False keeps the converter's all-integer graph (integer-only NPUs, microcontrollers).
     float_pools: bool = True
     recipe: recipe.Recipe = field(default_factory=recipe.Recipe)  # accuracy-first int8
+    fallback_budget: float = 0.06   # share of the multiply-adds a fallback file runs in float
+    fallback_max_layers: int = 8
 
 
 def model_file(variant: str) -> str:
@@ -73,27 +75,28 @@ class RunData:
     evaluation: images.ImageSet | None
     reference: np.ndarray                 # float logits on the held-out images
     eval_reference: np.ndarray | None     # float logits on the evaluation images
-    # float logits on the calibration images: made once, when an accuracy-first variant
-    # (int8, and again uint8 and coral) first needs them
+    # float logits on the calibration images, when a requested variant chooses on them
+    # (the accuracy-first ones, the fallback files)
     calibration_reference: np.ndarray | None = None
 
 
 def run(config: QuantizeConfig, qat_model=None, qat_training: dict | None = None) -> dict:
-    """`qat_model`: the quantization-aware model for the `qat` variant (from make qat);
+    """`qat_model`: the quantization-aware model for the `qat` variants (from make qat);
     `qat_training`: how it was trained (folders, epochs, ...), kept in the manifest so the
     run says how to make it again."""
-    if "qat" in config.variants and qat_model is None:
-        raise InputError("The qat variant comes from quantization-aware training: run "
-                         "`make qat DATA=<image folder>`.")
+    trained = [name for name in config.variants if variants.VARIANTS[name].trained]
+    if trained and qat_model is None:
+        raise InputError(f"The {' and '.join(trained)} variant(s) come from quantization-aware "
+                         "training: run `make qat DATA=<image folder>`.")
     model, card = float_model.load(config.float_dir)
     data = read_data(config, model, card)
     results: dict[str, dict] = {}
     manifest_variants: dict[str, dict] = {}
-    calibrated_int8, recipes = None, {}
+    calibrated_int8, bases = None, {}
     with staged_outputs(config.out) as stage:
         for name in config.variants:
-            made = make_variant(name, qat_model if name == "qat" else model, data, config,
-                                stage, recipes)
+            made = make_variant(name, qat_model if name in trained else model, data, config,
+                                stage, bases)
             path = stage / model_file(name)
             path.write_bytes(made.pop("tflite"))
             calibrated = made.pop("calibrated", None)
@@ -104,7 +107,7 @@ def run(config: QuantizeConfig, qat_model=None, qat_training: dict | None = None
                                        "bytes": path.stat().st_size, "graph": made["graph"],
                                        "io": results[name]["io"],
                                        **_recipe_facts(made), **_compiled(made, stage)}
-            if name == "qat" and qat_training:
+            if name in trained and qat_training:
                 manifest_variants[name]["training"] = _relative_folders(qat_training,
                                                                         config.out)
         per_layer = None
@@ -128,28 +131,31 @@ def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
     if config.eval_dir is not None:
         evaluation = images.load_labelled(config.eval_dir, size, card.get("labels"),
                                           card["num_classes"], config.eval_samples)
+    chooses = any(variants.VARIANTS[name].accuracy_first or variants.VARIANTS[name].fallback
+                  for name in config.variants)
     return RunData(everything, calibration, held_out, evaluation,
                    float_model.keras_logits(model, held_out.pixels),
-                   float_model.keras_logits(model, evaluation.pixels) if evaluation else None)
+                   float_model.keras_logits(model, evaluation.pixels) if evaluation else None,
+                   float_model.keras_logits(model, calibration.pixels) if chooses else None)
 
 
 def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage: Path,
-                 recipes: dict) -> dict:
+                 bases: dict) -> dict:
     """One variant's bytes, what its graph is, and the Edge TPU verdict of those bytes.
 
-    `recipes` keeps accuracy-first results by input type: `uint8` and `coral` are the CPU
-    and the Edge TPU graphs of one quantization, `int8` and `int8-fallback` its two CPU
-    graphs.
+    `bases` keeps what several variants share, made once: the accuracy-first quantization
+    by input type (`uint8` and `coral` are its CPU and Edge TPU graphs, `int8-fallback`
+    starts from `int8`'s CPU file) and the converted qat file (`qat-fallback` starts from
+    it).
     """
     variant = variants.VARIANTS[name]
     print(f"[{name}] converting: {variant.description}", flush=True)
     made: dict = {}
     if variant.accuracy_first:
-        int8, cost = _recipe(variant, model, data, config, recipes)
+        int8, cost = _recipe(variant, model, data, config, bases)
         cpu_file = variant.fallback or config.float_pools and not variant.edgetpu
-        tflite = int8.fallback if variant.fallback else int8.cpu if cpu_file else int8.integer
+        tflite = int8.cpu if cpu_file else int8.integer
         made.update(calibrated=int8.calibrated, recipe={
-            "mode": "fallback" if variant.fallback else "fast",
             "range_method": int8.range_method,
             "float_logits": config.recipe.float_logits and cpu_file,
             "int8_logits_weights": config.recipe.float_logits and cpu_file
@@ -158,16 +164,15 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
             "bias_correction": config.recipe.bias_correction,
             "equalization": config.recipe.equalization,
             "weight_rounding": "gptq" if config.recipe.weight_rounding else "nearest",
-            "float_layers": [{k: v for k, v in e.items() if k != "node"}
-                             for e in int8.float_layers] if variant.fallback else [],
-            "steps": int8.steps + ([int8.fallback_step] if variant.fallback else [])})
+            "steps": int8.steps})
     else:
-        representative = variants.representative_dataset(data.calibration.pixels, variant) \
-            if variant.calibrated else None
-        with measured() as cost:
-            tflite = variants.convert(model, variant, representative)
+        tflite, cost = _converted(variant, model, data, bases)
     made["conversion"] = cost
     tflite, made["graph"] = _cpu_edits(tflite, variant, config, made.get("recipe", {}))
+    if variant.fallback:
+        tflite, made["fallback"], made["conversion"] = _fallback(tflite, data, config, cost)
+        count = len(made["fallback"]["float_layers"])
+        made["graph"] += f"; first {count} layer{'s' * (count != 1)} in float (fallback)"
     if variant.full_integer:  # judged on the bytes that ship
         made["edgetpu"] = edgetpu.readiness(tflite)
     if variant.edgetpu:
@@ -176,24 +181,48 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
     return made
 
 
-def _recipe(variant, model, data: RunData, config: QuantizeConfig, recipes: dict):
-    """The accuracy-first quantization for the variant's input type, and what it cost:
-    made once per type (`int8`, `int8-fallback` and `coral`'s are one), in fallback mode
-    when a requested variant of that type wants the fallback file."""
-    if variant.integer_io not in recipes:
-        fallback = any(variants.VARIANTS[name].fallback and
-                       variants.VARIANTS[name].integer_io == variant.integer_io
-                       for name in config.variants)
+def _converted(variant, model, data: RunData, bases: dict) -> tuple[bytes, dict]:
+    """The converter's file for a variant the recipe does not make, and what it cost (the
+    qat file once for `qat` and `qat-fallback`)."""
+    key = "trained" if variant.trained else variant.name
+    if key not in bases:
+        representative = variants.representative_dataset(data.calibration.pixels, variant) \
+            if variant.calibrated else None
         with measured() as cost:
-            if data.calibration_reference is None:
-                data.calibration_reference = float_model.keras_logits(
-                    model, data.calibration.pixels)
-            built = recipe.build(model, variant, data.calibration.pixels,
-                                 data.held_out.pixels, data.reference,
-                                 replace(config.recipe, mode="fallback" if fallback else "fast"),
-                                 config.num_threads, data.calibration_reference)
-        recipes[variant.integer_io] = built, cost
-    return recipes[variant.integer_io]
+            bases[key] = variants.convert(model, variant, representative)
+        bases[key + " cost"] = cost
+    return bases[key], bases[key + " cost"]
+
+
+def _recipe(variant, model, data: RunData, config: QuantizeConfig, bases: dict):
+    """The accuracy-first quantization for the variant's input type, and what it cost:
+    made once per type."""
+    if variant.integer_io not in bases:
+        with measured() as cost:
+            bases[variant.integer_io] = recipe.build(
+                model, variant, data.calibration.pixels, data.held_out.pixels,
+                data.reference, config.recipe, config.num_threads, data.calibration_reference)
+        bases[variant.integer_io + " cost"] = cost
+    return bases[variant.integer_io], bases[variant.integer_io + " cost"]
+
+
+def _fallback(tflite: bytes, data: RunData, config: QuantizeConfig, cost: dict
+              ) -> tuple[bytes, dict, dict]:
+    """The CPU file with its first layers in float as far as they lower the top-two gap
+    change on the calibration and held-out images (quantize/fallback.py), what was tried,
+    and the conversion's cost with the search's added."""
+    pixels = np.concatenate([data.calibration.pixels, data.held_out.pixels])
+    reference = np.concatenate([data.calibration_reference, data.reference])
+    with measured() as search:
+        chosen, layers = fallback.search(
+            tflite, lambda candidate: recipe.held_out_drift(candidate, pixels, reference,
+                                                            config.num_threads),
+            config.fallback_budget, config.fallback_max_layers)
+    facts = {"budget": config.fallback_budget,
+             "float_layers": [{k: v for k, v in e.items() if k != "node"} for e in layers]}
+    total = {key: max(cost[key], search[key]) for key in cost}
+    total["seconds"] = cost["seconds"] + search["seconds"]
+    return chosen, facts, total
 
 
 def _cpu_edits(tflite: bytes, variant, config: QuantizeConfig, recipe_facts: dict
@@ -202,7 +231,7 @@ def _cpu_edits(tflite: bytes, variant, config: QuantizeConfig, recipe_facts: dic
     the accuracy-first CPU files have them), and what the graph now is."""
     parts = []
     float_logits = recipe_facts.get("float_logits")
-    if variant.name == "qat" and config.float_pools:
+    if variant.trained and (config.float_pools or variant.fallback):
         tflite, float_logits = logits_weights.float_output(tflite), True
     pools = len(pool_islands.integer_pools_of(tflite))
     if variant.pool_islands and config.float_pools and pools:
@@ -210,8 +239,6 @@ def _cpu_edits(tflite: bytes, variant, config: QuantizeConfig, recipe_facts: dic
         parts.append(f"{pools} average pools as float islands, for XNNPACK")
     if float_logits:
         parts.append("float logits")
-    if recipe_facts.get("float_layers"):
-        parts.append(f"{len(recipe_facts['float_layers'])} layers in float (fallback)")
     if variant.edgetpu:
         parts.append("all-integer, for the Edge TPU")
     return tflite, "; ".join(parts) or ("all-integer" if variant.full_integer
@@ -239,7 +266,7 @@ def describe_variant(path: Path, made: dict, data: RunData, config: QuantizeConf
             data.evaluation.labels, saturation=ceiling)
         entry["eval"]["flipped"] = [os.path.relpath(data.evaluation.paths[i], config.eval_dir)
                                     for i in entry["eval"]["flipped"]]
-    for key in ("edgetpu", "recipe"):
+    for key in ("edgetpu", "recipe", "fallback"):
         if key in made:
             entry[key] = made[key]
     return entry
@@ -314,12 +341,15 @@ def _relative_folders(training: dict, out: Path) -> dict:
 
 
 def _recipe_facts(made: dict) -> dict:
-    """What the manifest records of the recipe: its choices, not its measurements."""
-    if "recipe" not in made:
-        return {}
-    facts = {k: v for k, v in made["recipe"].items() if k != "steps"}
-    facts["float_layers"] = [layer["layer"] for layer in facts["float_layers"]]
-    return {"recipe": facts}
+    """What the manifest records of the recipe and the fallback: their choices, not their
+    measurements."""
+    facts = {}
+    if "recipe" in made:
+        facts["recipe"] = {k: v for k, v in made["recipe"].items() if k != "steps"}
+    if "fallback" in made:
+        facts["fallback"] = {"budget": made["fallback"]["budget"], "float_layers": [
+            layer["layer"] for layer in made["fallback"]["float_layers"]]}
+    return facts
 
 
 def _io(classifier: Classifier) -> dict:

@@ -27,12 +27,9 @@ against the float model so the report says what each bought:
    as steps 5 and 6 round the convolutions'), its input quantized per image by the
    interpreter and its output still float (quantize/logits_weights.py): at 1000 classes a
    quarter smaller and a little faster;
-9. with `mode="fallback"` only, a second CPU file, since float layers cost latency: the
-   first layers of the network in float, so that their activations are never rounded,
-   as many as lower the measured top-two gap change within `fallback_budget` of the
-   multiply-adds (quantize/fallback.py; the `int8-fallback` variant).
-
-Steps 1-8 cost no latency: the CPU file (`cpu`) is the same graph op for op.
+None of them costs latency: the CPU file (`cpu`) is the same graph op for op. What does
+(the first layers in float, `int8-fallback`) is made from that file by
+quantize/fallback.py.
 """
 from __future__ import annotations
 
@@ -50,7 +47,6 @@ from quantize.variants import Variant, graph_for, graph_inputs, representative_d
 from runtime.classify import Classifier
 from runtime import tflite_graph as tg
 
-MODES = ("fast", "fallback")
 # Calibration images whose activations are histogrammed and equalized (all of them at the
 # default CALIB_SAMPLES): on the reference model, three subsets of 64 of the same 200
 # images gave 41, 54 and 38 flips on the val split; all 200, 41.
@@ -66,15 +62,12 @@ AUTO_METHODS = ("percentile", "mse")
 
 @dataclass
 class Recipe:
-    mode: str = "fast"
     float_logits: bool = True
     equalization: bool = True
     range_method: str = "auto"      # one of ranges.METHODS, or auto: the best measured
     weight_ranges: bool = True      # per-channel weight scales by MSE, not max-abs
     weight_rounding: bool = True    # GPTQ on those scales, not round-to-nearest
     bias_correction: bool = True
-    fallback_budget: float = 0.06   # share of the multiply-adds fallback may put in float
-    fallback_max_layers: int = 8
     int8_logits_weights: bool = True  # the float logits layer's weights as int8
 
 
@@ -85,9 +78,6 @@ class Int8Model:
     calibrated: bytes               # the calibrated float graph with the chosen ranges
     steps: list[dict] = field(default_factory=list)  # through `cpu`
     range_method: str = "minmax"
-    fallback: bytes | None = None   # mode="fallback": `cpu` with its first layers in float
-    fallback_step: dict | None = None                  # that file's row of the steps table
-    float_layers: list[dict] = field(default_factory=list)  # fallback.search's entries
 
 
 def held_out_drift(model: bytes, pixels: np.ndarray, reference: np.ndarray,
@@ -110,8 +100,6 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     """The accuracy-first int8 (or uint8) graphs of `model`, with what each step bought.
     `reference`, `calibration_reference`: the float logits on the held-out and the
     calibration images (the latter computed here when not given)."""
-    if recipe.mode not in MODES:
-        raise ValueError(f"Unknown int8 mode {recipe.mode!r}; choose from {', '.join(MODES)}.")
     io_type = np.dtype(variant.integer_io).type
     steps = _Steps(held_out, reference, num_threads)
     calibrated_graph = _calibrated(model, variant, calibration, recipe, io_type, steps)
@@ -131,24 +119,10 @@ def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray
     cpu = fix.measured(cpu, ranged, steps)
     integer = _integer_graph(ranged, calibration_reference, io_type, fix)
 
-    int8_logits = recipe.float_logits and recipe.int8_logits_weights
-
-    def finish(quantized: bytes) -> bytes:  # step 8
-        return logits_weights.int8_weights(quantized, ranged, stats, fix.scales, fix.codes) \
-            if int8_logits else quantized
-    if int8_logits:
-        cpu = finish(cpu)
+    if recipe.float_logits and recipe.int8_logits_weights:  # step 8
+        cpu = logits_weights.int8_weights(cpu, ranged, stats, fix.scales, fix.codes)
         steps.measure("logits layer: int8 weights", cpu)
-    built = Int8Model(cpu, integer, ranged, steps.rows, method)
-    if recipe.mode == "fallback":  # step 9, beside the CPU file
-        from quantize import fallback
-        built.fallback, built.float_layers = fallback.search(
-            ranged, lambda layers: finish(fix(quantize(ranged, layers), ranged)), cpu, recipe,
-            lambda candidate: held_out_drift(candidate, choice_pixels, choice_reference,
-                                             num_threads))
-        built.fallback_step = {"step": f"float fallback ({len(built.float_layers)} layers)",
-                               **steps.score(built.fallback)}
-    return built
+    return Int8Model(cpu, integer, ranged, steps.rows, method)
 
 
 @dataclass

@@ -133,25 +133,37 @@ def _kl(step: dict) -> str:
 
 
 def _recipe_lines(report: dict) -> list[str]:
-    """The accuracy-first steps, each with its held-out agreement and SQNR."""
+    """The accuracy-first steps, each with its held-out agreement and SQNR, and what each
+    fallback file put in float."""
     parts = []
     for name, e in report["variants"].items():
         recipe = e.get("recipe")
-        if not recipe:
-            continue
-        parts += [f"## {name}: what each accuracy-first step bought", "",
-                  f"Mode `{recipe['mode']}`; measured on the held-out images against the "
-                  "float model, each row adding its step to those above (quantize/recipe.py).",
-                  "", "| step | top-1 agreement | flips | median top-two gap change | "
-                  "KL divergence (x1000) | SQNR dB |", "|---|---|---|---|---|---|"]
-        parts += [f"| {s['step']} | {100 * s['top1_agreement']:.2f} % | {s['flips']} | "
-                  f"{_gap(s)} | {_kl(s)} | {s['sqnr_db']:.2f} |" for s in recipe["steps"]]
-        for layer in recipe["float_layers"]:
-            parts.append(f"- in float: `{layer['layer']}` ({layer['multiply_adds'] / 1e6:.1f} M "
-                         f"multiply-adds; float up to here, the calibration and held-out "
-                         f"images' median top-two gap change {layer['gap_change']:.4f})")
-        parts.append("")
+        if recipe and not e.get("fallback"):  # a fallback file's recipe is its base's
+            parts += [f"## {name}: what each accuracy-first step bought", "",
+                      "Measured on the held-out images against the float model, each row "
+                      "adding its step to those above (quantize/recipe.py).", "",
+                      "| step | top-1 agreement | flips | median top-two gap change | "
+                      "KL divergence (x1000) | SQNR dB |", "|---|---|---|---|---|---|"]
+            parts += [f"| {s['step']} | {100 * s['top1_agreement']:.2f} % | {s['flips']} | "
+                      f"{_gap(s)} | {_kl(s)} | {s['sqnr_db']:.2f} |" for s in recipe["steps"]]
+            parts.append("")
+        if e.get("fallback"):
+            parts += _fallback_lines(name, e["fallback"])
     return parts
+
+
+def _fallback_lines(name: str, fallback: dict) -> list[str]:
+    """Each first layer a fallback file runs in float, with what it bought."""
+    layers = fallback["float_layers"]
+    parts = [f"## {name}: layers in float", "",
+             f"Within {100 * fallback['budget']:g} % of the multiply-adds, the first layers in "
+             "float as far as they lower the median top-two gap change on the calibration "
+             "and held-out images (quantize/fallback.py)" +
+             (":" if layers else ": none did, so the file is its base's."), ""]
+    parts += [f"- `{layer['layer']}` ({layer['multiply_adds'] / 1e6:.1f} M multiply-adds; "
+              f"float up to here: median top-two gap change {layer['gap_change']:.4f})"
+              for layer in layers]
+    return parts + [""]
 
 
 def markdown(report: dict) -> str:

@@ -27,7 +27,8 @@ class Variant:
     pool_islands: bool = False      # the CPU file's average pools run in float (XNNPACK)
     integer_io: str = "int8"        # input (and integer output) type of integer graphs
     edgetpu: bool = False           # the all-integer file for the Coral Edge TPU
-    fallback: bool = False          # the recipe's first layers in float (quantize/fallback.py)
+    fallback: bool = False          # its first layers in float (quantize/fallback.py)
+    trained: bool = False           # from quantization-aware training (make qat)
 
 
 VARIANTS = {v.name: v for v in (
@@ -55,9 +56,14 @@ VARIANTS = {v.name: v for v in (
     # make the input and output integer.
     Variant("qat", "quantization-aware trained (make qat, distilled from float), int8 input "
             "(pixel - 128), float logits (all-integer with INT8_POOLS=int8)", calibrated=True,
-            full_integer=True, pixel_input=True, pool_islands=True),
+            full_integer=True, pixel_input=True, pool_islands=True, trained=True),
+    Variant("qat-fallback", "the qat file with its first layers in float (within "
+            "FALLBACK_BUDGET of the multiply-adds): closer to float, slower", calibrated=True,
+            full_integer=True, pixel_input=True, pool_islands=True, trained=True,
+            fallback=True),
 )}
-POST_TRAINING = [name for name in VARIANTS if name != "qat"]
+POST_TRAINING = [name for name, v in VARIANTS.items() if not v.trained]
+TRAINED = [name for name, v in VARIANTS.items() if v.trained]
 
 
 def parse_variants(text: str | None) -> list[str]:
@@ -73,7 +79,7 @@ def parse_variants(text: str | None) -> list[str]:
 def graph_for(model: keras.Model, variant: Variant) -> keras.Model:
     """The Keras graph a variant converts: logits only, pixel input where the variant wants
     (the qat model takes pixels itself: quantize/qat.py folds the normalisation in)."""
-    if variant.pixel_input and variant.name != "qat":
+    if variant.pixel_input and not variant.trained:
         return pixel_input_model(model)
     return logits_model(model)
 

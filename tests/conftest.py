@@ -87,8 +87,7 @@ def tiny_run(tiny_float_dir, tmp_path_factory):
 
 # Fixtures that quantize or benchmark whole runs: a test that uses one is slow, so
 # `make test-fast` (-m "not slow") skips it without each test having to say so.
-SLOW_FIXTURES = {"tiny_run", "bench", "keras_reference_299", "setting", "built",
-                 "built_fallback"}
+SLOW_FIXTURES = {"tiny_run", "bench", "keras_reference_299", "setting", "built"}
 
 
 def pytest_collection_modifyitems(items):

@@ -38,17 +38,6 @@ def built(setting):
                         recipe.Recipe(equalization=True))
 
 
-@pytest.fixture(scope="module")
-def built_fallback(setting):
-    """The fallback mode with weights rounded to nearest, so that a float prefix has
-    weight error to remove as well as activation rounding, and no budget to stop it."""
-    model, calibration, held_out, *_ = setting
-    reference = float_model.keras_logits(model, held_out.pixels)
-    return recipe.build(model, INT8, calibration.pixels, held_out.pixels, reference,
-                        recipe.Recipe(mode="fallback", fallback_budget=1.0,
-                                      fallback_max_layers=2, weight_rounding=False))
-
-
 def activations(model: bytes, name: str, inputs: np.ndarray) -> np.ndarray:
     """One tensor's (dequantized) values on every input, on the built-in kernels."""
     module = interpreter_module()
@@ -399,12 +388,16 @@ def test_bias_correction_by_tap_means_is_exact_where_taps_read_padding(setting):
     assert shift["tap"] < 0.85 * shift["channel"], shift  # 0.75 here
 
 
-def test_fallback_prefixes_end_at_each_weighted_layer_and_hold_every_op_before(setting):
-    graph = setting[3]
-    found = fallback.prefixes(graph)
-    macs = fallback.multiply_adds(graph)
-    assert [layer for layer, _ in found] == list(macs)
-    m = tg.load(graph)
+def test_fallback_prefixes_are_the_stem_chain_up_to_each_weighted_layer(built):
+    """Every op up to each weighted one, from the input to the first fork (MaxPool_5a's
+    output, which Mixed_5b's four branches read): Conv2d_1a to Conv2d_4a."""
+    found = fallback.prefixes(built.cpu)
+    macs = fallback.multiply_adds(built.cpu)
+    assert [layer for layer, _ in found] == list(macs)[:5]
+    assert [layer_errors.layer_name(layer) for layer, _ in found] == [
+        f"InceptionV3/{name}" for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3",
+                                           "Conv2d_3b_1x1", "Conv2d_4a_3x3")]
+    m = tg.load(built.cpu)
     names = [tg.tensor_name(m.subgraphs[0].tensors[op.outputs[0]])
              for op in m.subgraphs[0].operators]
     for layer, nodes in found:
@@ -412,33 +405,51 @@ def test_fallback_prefixes_end_at_each_weighted_layer_and_hold_every_op_before(s
     assert any("MaxPool" in node for node in found[3][1])  # the stem's pool, kept float
 
 
+def test_a_float_first_layer_computes_what_the_int8_one_rounds(setting, built):
+    """The first convolution in float, with the int8 file's weights dequantized, then one
+    QUANTIZE onto its int8 output: the same codes as the int8 convolution (which sums the
+    same products exactly and rounds once), but where float32 lands on the other side of
+    a half step. So the weights, the bias and the ReLU are the int8 file's."""
+    _, calibration, *_ = setting
+    layer, nodes = fallback.prefixes(built.cpu)[0]
+    floated = fallback.float_prefix(built.cpu, nodes)
+    assert tg.op_names(floated)[:4] == ["DEQUANTIZE", "CONV_2D", "QUANTIZE", "CONV_2D"]
+    inputs = variants.graph_inputs(calibration.pixels[:8], INT8)
+    graph = tg.load(built.cpu).subgraphs[0]
+    step = next(t.quantization.scale[0] for t in graph.tensors if tg.tensor_name(t) == layer)
+    int8, float_then_rounded = (np.rint(activations(model, layer, inputs) / step)
+                                for model in (built.cpu, floated))
+    assert np.abs(int8 - float_then_rounded).max() <= 1
+    assert np.mean(int8 == float_then_rounded) > 0.999
+
+
 def _coarse_stem(setting):
-    """The setting's graph with the first convolution's output range 30 times its
-    largest value: rounding that activation is then the int8's largest error; and
-    quantize_with(float nodes) for it, logits float."""
+    """The setting's int8 with the first convolution's output range 100 times its largest
+    value: rounding that activation is then the int8's largest error (logits float)."""
     graph = setting[3]
     first = next(iter(fallback.multiply_adds(graph)))
     low, high = calibrated.activation_ranges(graph)[first]
-    coarse = calibrated.with_ranges(graph, {first: (low, 30 * high)})
-    logits = calibrated.logits_nodes(coarse)
-    return coarse, lambda nodes: calibrated.quantize(coarse, np.int8, [*logits, *nodes],
-                                                      float_output=True)
+    coarse = calibrated.with_ranges(graph, {first: (low, 100 * high)})
+    return calibrated.quantize(coarse, np.int8, calibrated.logits_nodes(coarse),
+                               float_output=True)
 
 
 def test_fallback_keeps_the_prefix_that_removes_a_coarse_activation(setting):
     """Only a prefix that holds the activation's reader as well removes its rounding: the
-    first convolution alone in float still writes it through the coarse range."""
+    first convolution alone in float still writes it through the coarse range. Scored as
+    the pipeline scores, on the calibration and held-out images."""
     model, calibration, held_out, *_ = setting
-    coarse, quantize_with = _coarse_stem(setting)
-    reference = float_model.keras_logits(model, held_out.pixels)
+    start = _coarse_stem(setting)
+    pixels = np.concatenate([calibration.pixels, held_out.pixels])
+    reference = float_model.keras_logits(model, pixels)
+    scores = {}
 
     def score(candidate):
-        return recipe.held_out_drift(candidate, held_out.pixels, reference)
-    start = quantize_with([])
+        scores[candidate] = scores.get(candidate) or recipe.held_out_drift(
+            candidate, pixels, reference)
+        return scores[candidate]
     start_error = score(start)["gap_change"]
-    chosen, layers = fallback.search(
-        coarse, quantize_with, start, recipe.Recipe(fallback_budget=1.0,
-                                                    fallback_max_layers=3), score)
+    chosen, layers = fallback.search(start, score, budget=1.0, max_layers=3)
     assert len(layers) >= 2, layers
     assert layers[-1]["gap_change"] < 0.5 * start_error, layers
     assert layers[0]["gap_change"] > 0.8 * start_error, layers
@@ -447,30 +458,12 @@ def test_fallback_keeps_the_prefix_that_removes_a_coarse_activation(setting):
     graph = tg.load(chosen).subgraphs[0]
     first_ops = graph.operators[1:len(layers) + 1]
     assert all(graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32 for op in first_ops)
-    nothing, none = fallback.search(coarse, quantize_with, start,
-                                    recipe.Recipe(fallback_budget=1e-6), score)
+    nothing, none = fallback.search(start, score, budget=1e-6, max_layers=8)
     assert nothing is start and none == []
-
-
-def test_fallback_mode_adds_a_file_with_its_first_layers_in_float(built_fallback):
-    built = built_fallback
-    assert built.fallback_step["step"] == f"float fallback ({len(built.float_layers)} layers)"
-    assert built.steps[-1]["step"] == "logits layer: int8 weights"  # the CPU file's row
-    float_convs = {}
-    for model in (built.cpu, built.fallback):
-        m = tg.load(model)
-        graph = m.subgraphs[0]
-        float_convs[model] = [tg.tensor_name(graph.tensors[op.outputs[0]])
-                              for op in graph.operators if tg.op_name(m, op) == "CONV_2D"
-                              and graph.tensors[op.outputs[0]].type == tg.TYPE.FLOAT32]
-    chosen = [layer["node"] for layer in built.float_layers]
-    assert chosen and float_convs[built.fallback] == chosen + float_convs[built.cpu]
-    assert len(float_convs[built.cpu]) == 1  # the logits layer's, in both
-    assert all(layer["multiply_adds"] > 0 for layer in built.float_layers)
-    lines = report._recipe_lines({"variants": {"int8-fallback": {"recipe": {
-        "mode": "fallback", "steps": built.steps + [built.fallback_step],
-        "float_layers": built.float_layers}}}})
-    assert sum(line.startswith("- in float:") for line in lines) == len(chosen)
+    lines = report._fallback_lines("int8-fallback", {"budget": 1.0, "float_layers": layers})
+    assert sum(line.startswith("- `InceptionV3/Conv2d_") for line in lines) == len(layers)
+    assert "none did" in "".join(report._fallback_lines("qat-fallback", {
+        "budget": 1e-6, "float_layers": []}))
 
 
 def test_int8_logits_weights_shrink_the_layer_and_their_bias_takes_back_the_rounding(

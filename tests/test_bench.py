@@ -146,6 +146,13 @@ def test_accuracy_verdicts_follow_the_issue_targets():
     verdicts = report.accuracy_verdicts(candidates)
     assert [v["target"].split()[0] for v in verdicts[:2]] == ["int8", "int8-fallback"]
     assert [v["met"] for v in verdicts] == [False, True, False, False]
+    candidates["qat"] = entry(0.993, 27, change=-0.03)  # both trained files, each judged
+    candidates["qat-fallback"] = entry(0.996, 17, change=-0.11)
+    verdicts = report.accuracy_verdicts(candidates)[-2:]
+    assert [(v["target"].split()[0], v["met"]) for v in verdicts] == \
+        [("qat", False), ("qat-fallback", False)]
+    candidates["qat-fallback"] = entry(0.996, 17, change=-0.1)
+    assert report.accuracy_verdicts(candidates)[-1]["met"]
 
 
 def test_every_kind_opens_to_the_same_calls(tiny_run):
@@ -178,15 +185,15 @@ def test_the_page_names_the_command_that_made_the_run(tmp_path):
     run = tmp_path / "ref" / "run"
     assert report.quantize_command(manifest, run) == \
         f"make quantize MODEL={tmp_path}/ref/float CALIB={tmp_path}/photos/train OUT={run}"
-    manifest["variants"]["qat"] = {"training": {"data": "../../photos/train",
-                                                "val": "../../photos/val", "epochs": 1}}
+    manifest["variants"]["qat-fallback"] = {"training": {"data": "../../photos/train",
+                                                         "val": "../../photos/val", "epochs": 1}}
     assert report.quantize_command(manifest, run) == (
         f"make qat MODEL={tmp_path}/ref/float DATA={tmp_path}/photos/train "
         f"VAL={tmp_path}/photos/val QAT_EPOCHS=1 CALIB={tmp_path}/photos/train OUT={run}")
     manifest["float_model"] = {"folder": "float", "input_size": [149, 149],
                                "weights": {"source": "random"}, "depth_multiplier": 1.0,
                                "num_classes": 1000}
-    del manifest["variants"]["qat"]
+    del manifest["variants"]["qat-fallback"]
     assert report.quantize_command(manifest, run) == (
         f"make quantize WEIGHTS=random INPUT_SIZE=149 DEPTH_MULTIPLIER=1.0 "
         f"NUM_CLASSES=1000 CALIB={tmp_path}/photos/train OUT={run}")

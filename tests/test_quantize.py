@@ -41,7 +41,9 @@ def test_every_variant_report_and_manifest(tiny_run):
     assert io["int8"]["output_dtype"] == io["uint8"]["output_dtype"] == "float32"  # logits
     assert io["uint8"]["input_quantization"] == [1.0, 0]  # raw pixels go straight in
     assert io["int8"]["input_quantization"] == [1.0, -128]  # pixel - 128: exact too
-    assert manifest["variants"]["int8"]["recipe"]["mode"] == "fast"
+    assert "fallback" not in manifest["variants"]["int8"]  # made from int8's CPU file:
+    assert manifest["variants"]["int8-fallback"]["recipe"] == manifest["variants"]["int8"]["recipe"]
+    assert manifest["variants"]["int8-fallback"]["fallback"]["budget"] == 0.06
     assert manifest["variants"]["int8"]["recipe"]["weight_ranges"]
     assert manifest["variants"]["int8"]["recipe"]["int8_logits_weights"]
     assert not manifest["variants"]["coral"]["recipe"]["int8_logits_weights"]

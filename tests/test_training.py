@@ -63,11 +63,11 @@ def test_rerun_resumes_from_the_checkpoint(trained, capsys):
     assert "Resuming from epoch 8" in capsys.readouterr().out
 
 
-def _quantize(float_dir, out, calibration, digits, variants=("int8",), qat=None):
+def _quantize(float_dir, out, calibration, digits, variants=("int8",), qat=None, **options):
     config = pipeline.QuantizeConfig(
         float_dir=float_dir, out=out, variants=list(variants), calibration_dir=calibration,
         calibration_samples=100, eval_dir=digits / "eval", max_top1_drop=1.0,
-        layer_errors=False)
+        layer_errors=False, **options)
     return pipeline.run(config, qat)
 
 
@@ -108,16 +108,21 @@ def test_the_gate_bites_a_broken_calibration_with_exit_code_1(trained, digits, t
 
 
 def test_quantization_aware_training_converts_to_full_integer(trained, digits, tmp_path):
+    """The qat file is all-integer but its float logits; qat-fallback is the same file
+    with the first layers the search kept in float (budget 100 % here), as the manifest
+    records them."""
     out, _, _ = trained
     model, card = float_model.load(out)
     qat = quantization_aware(model, card, str(digits / "train"), epochs=1, flip=False,
                              min_crop_area=0.7, limit_per_class=50)
-    report = _quantize(out, tmp_path / "qat", digits / "train", digits, ("qat",), qat)
+    report = _quantize(out, tmp_path / "qat", digits / "train", digits,
+                       ("qat", "qat-fallback"), qat, fallback_budget=1.0)
     entry = report["variants"]["qat"]
     assert (entry["io"]["input_dtype"], entry["io"]["output_dtype"]) == ("int8", "float32")
     assert entry["io"]["input_quantization"] == [1.0, -128] and entry["io"]["feeds_raw_pixels"]
-    ops = edgetpu.read_ops(pool_islands.integer_pools((tmp_path / "qat" / entry["file"])
-                                                      .read_bytes()))
+    files = {name: (tmp_path / "qat" / e["file"]).read_bytes()
+             for name, e in report["variants"].items()}
+    ops = edgetpu.read_ops(pool_islands.integer_pools(files["qat"]))
     float_ops = [op.name for op in ops if any(t.dtype == "float32" for t in op.inputs
                                               + op.outputs if not t.constant)]
     # every op quantized but the logits layer: the CPU file differs only by its pool
@@ -125,6 +130,17 @@ def test_quantization_aware_training_converts_to_full_integer(trained, digits, t
     assert float_ops == ["DEQUANTIZE", "CONV_2D", "RESHAPE"], float_ops
     assert entry["eval"]["quantized_top1"] >= 0.85
     assert entry["eval"]["top1_agreement"] >= 0.9
+    layers = report["variants"]["qat-fallback"]["fallback"]["float_layers"]
+    names = [op.name for op in edgetpu.read_ops(files["qat-fallback"])]
+    if layers:  # the stem's pools float too, inside the prefix
+        prefix = names[1:names.index("QUANTIZE")]
+        assert names[0] == "DEQUANTIZE" and set(prefix) <= {"CONV_2D", "MAX_POOL_2D"}, names
+        assert prefix.count("CONV_2D") == len(layers), names
+    else:
+        assert files["qat-fallback"] == files["qat"]
+    manifest = json.loads((tmp_path / "qat" / "manifest.json").read_text())
+    assert manifest["variants"]["qat-fallback"]["fallback"] == {
+        "budget": 1.0, "float_layers": [layer["layer"] for layer in layers]}
 
 
 def test_eval_streams_a_run_and_a_model(trained, good_run, digits, tmp_path):
