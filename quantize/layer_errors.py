@@ -24,9 +24,10 @@ ROUNDING_NOISE = 1 / math.sqrt(12)  # rms error of uniform rounding, in units of
 
 
 def layer_name(tensor_name: str) -> str:
-    """`inception_v3/InceptionV3/Mixed_5b/.../Relu/Relu;...` to the slim scope."""
+    """`inception_v3/InceptionV3/Mixed_5b/.../Relu/Relu;...` to the slim scope (the qat
+    file's too, whose layers tfmot named `quant_<layer>`)."""
     name = tensor_name.split(";")[0]
-    name = re.sub(r"^(inception_v3\w*/)+", "", name)
+    name = re.sub(r"^(inception_v3\w*/)+(quant_)?", "", name)
     return re.sub(r"(/Relu)+$|/BiasAdd$|/Conv2D$", "", name)
 
 

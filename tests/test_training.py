@@ -138,6 +138,7 @@ def test_quantization_aware_training_converts_to_full_integer(trained, digits, t
         assert prefix.count("CONV_2D") == len(layers), names
     else:
         assert files["qat-fallback"] == files["qat"]
+    assert all(layer["layer"].startswith("InceptionV3/Conv2d_") for layer in layers)
     manifest = json.loads((tmp_path / "qat" / "manifest.json").read_text())
     assert manifest["variants"]["qat-fallback"]["fallback"] == {
         "budget": 1.0, "float_layers": [layer["layer"] for layer in layers]}
