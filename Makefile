@@ -107,7 +107,7 @@ reference: setup
 		--out $(REFERENCE)/float --input-size 128 --depth-multiplier 0.5 --weights random \
 		--epochs 30 --batch-size 32 --learning-rate 2e-3 --seed 0
 
-# Quantization-aware training on DATA, then every variant plus qat, with the drift report.
+# Quantization-aware training on DATA, then every variant plus qat and qat-fallback, with the drift report.
 QAT_EPOCHS ?= 2
 qat: setup
 	$(PY) -m quantize $(QUANTIZE_ARGS) --out $(OUT) --qat-data $(DATA) \

@@ -131,7 +131,11 @@ def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
         model, card = float_model.load(config.float_dir)
         settings = {"epochs": args.qat_epochs, "learning_rate": args.qat_learning_rate,
                     "flip": not args.qat_no_flip}  # trained with, and recorded in the manifest
-        qat_model = quantization_aware(model, card, args.qat_data, args.qat_val, **settings)
+        _, calibration, held_out = pipeline.calibration_images(config,
+                                                               tuple(card["input_size"]))
+        qat_model = quantization_aware(model, card, args.qat_data, args.qat_val,
+                                       calibration=calibration.pixels,
+                                       held_out=held_out.pixels, **settings)
         if not distributed.is_chief():
             return None
         qat_training = {"data": args.qat_data, "val": args.qat_val, **settings,

@@ -122,11 +122,19 @@ def run(config: QuantizeConfig, qat_model=None, qat_training: dict | None = None
     return full_report
 
 
-def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
-    size = tuple(card["input_size"])
+def calibration_images(config: QuantizeConfig, size: tuple[int, int]
+                       ) -> tuple[images.ImageSet, images.ImageSet, images.ImageSet]:
+    """Every usable image of CALIB, and the calibration and held-out images drawn from
+    them (the same on every call: quantization-aware training starts from them too)."""
     everything = images.load_folder(config.calibration_dir, size, what="calibration")
     calibration, held_out = images.split(everything, config.calibration_samples,
                                          config.held_out_samples, config.seed)
+    return everything, calibration, held_out
+
+
+def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
+    size = tuple(card["input_size"])
+    everything, calibration, held_out = calibration_images(config, size)
     evaluation = None
     if config.eval_dir is not None:
         evaluation = images.load_labelled(config.eval_dir, size, card.get("labels"),
@@ -172,7 +180,8 @@ def make_variant(name: str, model, data: RunData, config: QuantizeConfig, stage:
     if variant.fallback:
         tflite, made["fallback"], made["conversion"] = _fallback(tflite, data, config, cost)
         count = len(made["fallback"]["float_layers"])
-        made["graph"] += f"; first {count} layer{'s' * (count != 1)} in float (fallback)"
+        made["graph"] += f"; the first {count} layer{'s' * (count > 1)} in float (fallback)" \
+            if count else "; no layer in float (none was closer to float)"
     if variant.full_integer:  # judged on the bytes that ship
         made["edgetpu"] = edgetpu.readiness(tflite)
     if variant.edgetpu:
@@ -189,9 +198,9 @@ def _converted(variant, model, data: RunData, bases: dict) -> tuple[bytes, dict]
         representative = variants.representative_dataset(data.calibration.pixels, variant) \
             if variant.calibrated else None
         with measured() as cost:
-            bases[key] = variants.convert(model, variant, representative)
-        bases[key + " cost"] = cost
-    return bases[key], bases[key + " cost"]
+            converted = variants.convert(model, variant, representative)
+        bases[key] = converted, cost
+    return bases[key]
 
 
 def _recipe(variant, model, data: RunData, config: QuantizeConfig, bases: dict):
@@ -199,11 +208,11 @@ def _recipe(variant, model, data: RunData, config: QuantizeConfig, bases: dict):
     made once per type."""
     if variant.integer_io not in bases:
         with measured() as cost:
-            bases[variant.integer_io] = recipe.build(
+            built = recipe.build(
                 model, variant, data.calibration.pixels, data.held_out.pixels,
                 data.reference, config.recipe, config.num_threads, data.calibration_reference)
-        bases[variant.integer_io + " cost"] = cost
-    return bases[variant.integer_io], bases[variant.integer_io + " cost"]
+        bases[variant.integer_io] = built, cost
+    return bases[variant.integer_io]
 
 
 def _fallback(tflite: bytes, data: RunData, config: QuantizeConfig, cost: dict

@@ -26,7 +26,8 @@ against the float model so the report says what each bought:
 8. `logits layer: int8 weights`: the float logits layer's weights stored as int8 (rounded
    as steps 5 and 6 round the convolutions'), its input quantized per image by the
    interpreter and its output still float (quantize/logits_weights.py): at 1000 classes a
-   quarter smaller and a little faster;
+   quarter smaller and a little faster.
+
 None of them costs latency: the CPU file (`cpu`) is the same graph op for op. What does
 (the first layers in float, `int8-fallback`) is made from that file by
 quantize/fallback.py.

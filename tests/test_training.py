@@ -113,8 +113,13 @@ def test_quantization_aware_training_converts_to_full_integer(trained, digits, t
     records them."""
     out, _, _ = trained
     model, card = float_model.load(out)
+    settings = {"variants": ["qat", "qat-fallback"], "calibration_samples": 100}
+    _, calibration, held_out = pipeline.calibration_images(pipeline.QuantizeConfig(
+        out, tmp_path / "qat", calibration_dir=digits / "train", **settings),
+        tuple(card["input_size"]))  # as make qat starts it: from the run's calibration images
     qat = quantization_aware(model, card, str(digits / "train"), epochs=1, flip=False,
-                             min_crop_area=0.7, limit_per_class=50)
+                             min_crop_area=0.7, limit_per_class=50,
+                             calibration=calibration.pixels, held_out=held_out.pixels)
     report = _quantize(out, tmp_path / "qat", digits / "train", digits,
                        ("qat", "qat-fallback"), qat, fallback_budget=1.0)
     entry = report["variants"]["qat"]
