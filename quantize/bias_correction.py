@@ -28,12 +28,7 @@ def weight_error(m_float, float_op, m_quant, quant_op) -> np.ndarray:
     on their per-channel scales."""
     graph_f, graph_q = m_float.subgraphs[0], m_quant.subgraphs[0]
     weights = tg.buffer_array(m_float, graph_f.tensors[float_op.inputs[1]]).astype(np.float64)
-    q_tensor = graph_q.tensors[quant_op.inputs[1]]
-    scales = np.asarray(q_tensor.quantization.scale, dtype=np.float64)
-    shape = [1] * weights.ndim
-    shape[q_tensor.quantization.quantizedDimension] = -1
-    return weights - tg.buffer_array(m_quant, q_tensor).astype(np.float64) * \
-        scales.reshape(shape)
+    return weights - tg.dequantized(m_quant, graph_q.tensors[quant_op.inputs[1]])
 
 
 def weight_error_shift(m_float, float_op, m_quant, quant_op, input_mean: np.ndarray

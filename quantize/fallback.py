@@ -113,17 +113,8 @@ def _dequantize_constants(m: tg.schema.ModelT, op: tg.schema.OperatorT) -> None:
     An op whose int8 output starts at zero clamps there, which float does as a ReLU."""
     graph = m.subgraphs[0]
     for index in op.inputs[1:]:
-        if index < 0:
-            continue
-        tensor = graph.tensors[index]
-        codes = tg.buffer_array(m, tensor).astype(np.float64)
-        scale = np.asarray(tensor.quantization.scale, np.float64)
-        axis = tensor.quantization.quantizedDimension if scale.size > 1 else 0
-        shape = [1] * codes.ndim
-        shape[axis] = -1
-        values = codes * scale.reshape(shape) if codes.ndim else codes * scale[0]
-        tensor.type, tensor.quantization = tg.TYPE.FLOAT32, None
-        tg.set_buffer(m, tensor, values.astype(np.float32))
+        if index >= 0:
+            tg.to_float(m, graph.tensors[index])
     out = graph.tensors[op.outputs[0]].quantization
     options = op.builtinOptions
     if options.fusedActivationFunction == tg.schema.ActivationFunctionType.NONE \

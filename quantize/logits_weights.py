@@ -97,11 +97,7 @@ def float_output(model: bytes) -> bytes:
                            tg.new_op(m, tg.OP.DEQUANTIZE, 2, [op.inputs[0]], [dequantized]))
     op.inputs[0] = dequantized
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        bias = graph.tensors[op.inputs[2]]
-        values = tg.buffer_array(m, bias).astype(np.float64) * \
-            np.asarray(bias.quantization.scale, np.float64)
-        bias.type, bias.quantization = tg.TYPE.FLOAT32, None
-        tg.set_buffer(m, bias, values.astype(np.float32))
+        tg.to_float(m, graph.tensors[op.inputs[2]])
     op.opcodeIndex = tg.opcode_index(m, tg.OP.CONV_2D, HYBRID_CONV_VERSION)
     _float_to_the_output(m, op.outputs[0])
     return tg.pack(m)

@@ -89,6 +89,25 @@ def set_buffer(model: schema.ModelT, tensor: schema.TensorT, values: np.ndarray)
     model.buffers[tensor.buffer].data = data
 
 
+def dequantized(model: schema.ModelT, tensor: schema.TensorT) -> np.ndarray:
+    """A quantized constant's values as the floats they stand for (float64): each code
+    times its channel's scale along `quantizedDimension` (one scale: the tensor's)."""
+    codes = buffer_array(model, tensor).astype(np.float64)
+    scales = np.asarray(tensor.quantization.scale, dtype=np.float64)
+    if scales.size == 1:
+        return codes * scales[0]
+    shape = [1] * codes.ndim
+    shape[tensor.quantization.quantizedDimension] = -1
+    return codes * scales.reshape(shape)
+
+
+def to_float(model: schema.ModelT, tensor: schema.TensorT) -> None:
+    """Make a quantized constant a float32 one holding the values it stands for."""
+    values = dequantized(model, tensor)
+    tensor.type, tensor.quantization = TYPE.FLOAT32, None
+    set_buffer(model, tensor, values)
+
+
 def ops_by_output(model: schema.ModelT, builtins: set[int]) -> dict[str, schema.OperatorT]:
     """The ops of those kinds by their output tensor's name, which the converter keeps from
     a calibrated float graph to its quantized one: how a graph edit finds an op's twin."""
