@@ -124,15 +124,15 @@ def checked_config(args) -> pipeline.QuantizeConfig:
 def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
     """The run's report; None on a worker other than the chief, whose part ends with
     quantization-aware training."""
-    qat_model, qat_training = None, None
+    qat_model, qat_training, calibration_read = None, None, None
     if args.qat_data:
         from quantize.qat import quantization_aware
         distributed.strategy()  # before the first TensorFlow op, on a worker of several
         model, card = float_model.load(config.float_dir)
         settings = {"epochs": args.qat_epochs, "learning_rate": args.qat_learning_rate,
                     "flip": not args.qat_no_flip}  # trained with, and recorded in the manifest
-        _, calibration, held_out = pipeline.calibration_images(config,
-                                                               tuple(card["input_size"]))
+        calibration_read = pipeline.calibration_images(config, tuple(card["input_size"]))
+        _, calibration, held_out = calibration_read
         qat_model = quantization_aware(model, card, args.qat_data, args.qat_val,
                                        calibration=calibration.pixels,
                                        held_out=held_out.pixels, **settings)
@@ -140,7 +140,7 @@ def quantize(args, config: pipeline.QuantizeConfig) -> dict | None:
             return None
         qat_training = {"data": args.qat_data, "val": args.qat_val, **settings,
                         "workers": distributed.num_workers()}
-    return pipeline.run(config, qat_model, qat_training)
+    return pipeline.run(config, qat_model, qat_training, calibration_read)
 
 
 def main(argv: list[str] | None = None) -> int:

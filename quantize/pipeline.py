@@ -80,16 +80,18 @@ class RunData:
     calibration_reference: np.ndarray | None = None
 
 
-def run(config: QuantizeConfig, qat_model=None, qat_training: dict | None = None) -> dict:
+def run(config: QuantizeConfig, qat_model=None, qat_training: dict | None = None,
+        calibration_read: tuple | None = None) -> dict:
     """`qat_model`: the quantization-aware model for the `qat` variants (from make qat);
     `qat_training`: how it was trained (folders, epochs, ...), kept in the manifest so the
-    run says how to make it again."""
+    run says how to make it again; `calibration_read`: `calibration_images(config, ...)`
+    when the caller has read them already (make qat starts from them)."""
     trained = [name for name in config.variants if variants.VARIANTS[name].trained]
     if trained and qat_model is None:
         raise InputError(f"The {' and '.join(trained)} variant(s) come from quantization-aware "
                          "training: run `make qat DATA=<image folder>`.")
     model, card = float_model.load(config.float_dir)
-    data = read_data(config, model, card)
+    data = read_data(config, model, card, calibration_read)
     results: dict[str, dict] = {}
     manifest_variants: dict[str, dict] = {}
     calibrated_int8, bases = None, {}
@@ -132,9 +134,10 @@ def calibration_images(config: QuantizeConfig, size: tuple[int, int]
     return everything, calibration, held_out
 
 
-def read_data(config: QuantizeConfig, model, card: dict) -> RunData:
+def read_data(config: QuantizeConfig, model, card: dict,
+              calibration_read: tuple | None = None) -> RunData:
     size = tuple(card["input_size"])
-    everything, calibration, held_out = calibration_images(config, size)
+    everything, calibration, held_out = calibration_read or calibration_images(config, size)
     evaluation = None
     if config.eval_dir is not None:
         evaluation = images.load_labelled(config.eval_dir, size, card.get("labels"),
