@@ -95,6 +95,15 @@ def held_out_drift(model: bytes, pixels: np.ndarray, reference: np.ndarray,
             "flips": len(result["flipped"]), "images": result["images"]}
 
 
+def closeness(model: bytes, pixels: np.ndarray, reference: np.ndarray,
+              num_threads: int | None = None) -> tuple[float, float]:
+    """How close a candidate file answers to float, lowest first: the KL divergence of its
+    softmax, then agreement (a few hundred images are too coarse to rank by agreement
+    alone, and SQNR favours min-max ranges that flip more answers)."""
+    score = held_out_drift(model, pixels, reference, num_threads)
+    return score["kl"], -score["top1_agreement"]
+
+
 def build(model, variant: Variant, calibration: np.ndarray, held_out: np.ndarray,
           reference: np.ndarray, recipe: Recipe = Recipe(), num_threads: int | None = None,
           calibration_reference: np.ndarray | None = None) -> Int8Model:
@@ -242,9 +251,8 @@ def _choose_ranges(calibrated_graph: bytes, stats, recipe: Recipe, quantize, cor
                    pixels: np.ndarray, reference: np.ndarray, num_threads
                    ) -> tuple[str, bytes, bytes]:
     """The range method whose model, bias-corrected as it will ship, answers closest to
-    float on `pixels` (the lowest KL divergence of its softmax: agreement on a few
-    hundred images is too coarse to choose by, and SQNR favours min-max ranges that flip
-    more answers): (method, the calibrated graph with its ranges, that graph quantized)."""
+    float on `pixels` (`closeness`): (method, the calibrated graph with its ranges, that
+    graph quantized)."""
     graph = tg.load(calibrated_graph).subgraphs[0]
     inputs = tuple(tg.tensor_name(graph.tensors[i]) for i in graph.inputs)
     methods = AUTO_METHODS if recipe.range_method == "auto" else (recipe.range_method,)
@@ -255,8 +263,7 @@ def _choose_ranges(calibrated_graph: bytes, stats, recipe: Recipe, quantize, cor
         quantized = quantize(ranged)
         if len(methods) == 1:
             return method, ranged, quantized
-        score = held_out_drift(correct(quantized, ranged), pixels, reference, num_threads)
-        key = (score["kl"], -score["top1_agreement"])
+        key = closeness(correct(quantized, ranged), pixels, reference, num_threads)
         if best is None or key < best[0]:
             best = (key, method, ranged, quantized)
     return best[1:]
