@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", action="store_true",
                    help="evaluate the run as an Apache Beam pipeline (default: in this process)")
     p.add_argument("--workers", type=cli.positive_int, default=1,
-                   help="Beam's local worker processes (DirectRunner)")
+                   help="Beam's local worker processes (FnApiRunner)")
     p.add_argument("--beam-result", help="where the Beam pipeline writes its result: a "
                    "folder every worker can reach (default: a local temporary folder)")
     args, beam_args = p.parse_known_args(argv)

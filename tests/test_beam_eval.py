@@ -110,3 +110,17 @@ def test_beam_options_are_refused_without_beam(tiny_run, labelled):
     run, _ = tiny_run
     done = _eval("--run", str(run), "--data", str(labelled), "--runner=FlinkRunner")
     assert done.returncode == 2 and "unrecognized arguments: --runner=FlinkRunner" in done.stderr
+
+
+def test_local_pipelines_name_their_runner():
+    # Left to the DirectRunner, every pipeline first tried to fetch the Prism runner from
+    # GitHub (and, offline, left an empty beam-temp folder behind before falling back):
+    # local runs name the FnApiRunner, the runner measured here; BEAM_ARGS' own --runner
+    # is kept.
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from quantize import beam_eval
+    local = beam_eval.options(2)
+    assert local.view_as(StandardOptions).runner == "FnApiRunner"
+    assert local.view_as(DirectOptions).direct_num_workers == 2
+    flink = beam_eval.options(1, ["--runner=FlinkRunner", "--flink_master=host:8081"])
+    assert flink.view_as(StandardOptions).runner == "FlinkRunner"
