@@ -14,7 +14,6 @@ import pytest
 from conftest import CALIBRATION_DIR, ROOT
 from quantize import pipeline
 from runtime import preprocessing
-from runtime.bench import bench
 from runtime.classify import Classifier, softmax
 from runtime.interpreter import RuntimeLoadError, interpreter_module
 
